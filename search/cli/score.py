@@ -1,0 +1,78 @@
+"""``micronet-search score``: parameters, MACs and score of an architecture under a compression setting."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from search.errors import ConfigError
+from search.models import build_model
+from search.score import Compression, ScoreReference, score_model
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--blocks takes layer counts separated by commas, e.g. 16,16,16; got {text!r}") from None
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("score", help="count parameters and MACs of an architecture and compute its score",
+                            description=__doc__)
+    p.add_argument("--arch", required=True, help="registered architecture (resnet20, resnet18, densenet)")
+    p.add_argument("--groups", type=int, default=1, help="groups of every 3×3 block conv (default 1)")
+    p.add_argument("--depthwise", action="store_true", help="3×3 block convs become depthwise 3×3 + pointwise 1×1")
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--growth-rate", type=int, help="densenet only: growth rate k (default 12)")
+    p.add_argument("--blocks", help="densenet only: layers per dense block, e.g. 16,16,16")
+    p.add_argument("--ps", type=float, default=0.0, help="structured pruning ratio (default 0)")
+    p.add_argument("--pu", type=float, default=0.0, help="unstructured pruning ratio (default 0)")
+    p.add_argument("--qw", type=int, default=32, help="weight bits: 1, 2, 4, 8, 16 or 32 (default 32 = none)")
+    p.add_argument("--qa", type=int, default=32, help="activation bits: 2, 4, 8, 16 or 32 (default 32 = none)")
+    p.add_argument("--reference-params", type=float, default=ScoreReference.params,
+                   help="reference parameter count (default 5.6e6)")
+    p.add_argument("--reference-macs", type=float, default=ScoreReference.macs,
+                   help="reference MAC count (default 2.8e8)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    # Validate the cheap settings before building a model.
+    compression = Compression(ps=args.ps, pu=args.pu, qw=args.qw, qa=args.qa)
+    reference = ScoreReference(params=args.reference_params, macs=args.reference_macs)
+    model_kwargs = {"num_classes": args.num_classes, "width": args.width, "groups": args.groups,
+                    "depthwise": args.depthwise}
+    if args.growth_rate is not None:
+        model_kwargs["growth_rate"] = args.growth_rate
+    if args.blocks is not None:
+        model_kwargs["blocks"] = _int_list(args.blocks)
+    model = build_model(args.arch, **model_kwargs)
+    report = score_model(model, compression, reference)
+    if args.json:
+        print(json.dumps({"arch": args.arch, "groups": args.groups, "depthwise": args.depthwise,
+                          "width": args.width, **report.as_dict()}))
+        return 0
+    _print_table(args, report)
+    return 0
+
+
+def _print_table(args, report) -> None:
+    c = report.compression
+    console = Console()
+    console.print(f"[bold]{args.arch}[/]  groups={args.groups}  depthwise={'yes' if args.depthwise else 'no'}  "
+                  f"width={args.width:g}  |  ps={c.ps:g}  pu={c.pu:g}  qw={c.qw}  qa={c.qa}")
+    table = Table()
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("parameters", f"{report.params:,}")
+    table.add_row("non-zero parameters", f"{report.nonzero_params:,}")
+    table.add_row("MACs", f"{report.macs:,}")
+    table.add_row("parameter term", f"{report.score.param_term:.6f}")
+    table.add_row("MAC term", f"{report.score.macs_term:.6f}")
+    table.add_row("score", f"{report.score.total:.6f}", style="bold")
+    console.print(table)

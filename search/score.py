@@ -1,0 +1,104 @@
+"""The MicroNet-style score of the course:
+
+    score = [1-(ps+pu)]·(qw/32)·w/W_ref + (1-ps)·(max(qw,qa)/32)·f/F_ref
+
+w = parameters and f = MACs of the unpruned model, W_ref = 5.6e6 and F_ref = 2.8e8 by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from search.errors import ConfigError
+
+WEIGHT_BITS = (1, 2, 4, 8, 16, 32)
+ACTIVATION_BITS = (2, 4, 8, 16, 32)
+
+
+def _is_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class Compression:
+    """Structured (``ps``) and unstructured (``pu``) pruning ratios; weight and activation bits (32 = none)."""
+
+    ps: float = 0.0
+    pu: float = 0.0
+    qw: int = 32
+    qa: int = 32
+
+    def __post_init__(self):
+        for key in ("ps", "pu"):
+            value = getattr(self, key)
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+        if self.ps + self.pu >= 1:
+            raise ConfigError(f"ps + pu must be below 1 (they are fractions of the weights), got "
+                              f"ps={self.ps} + pu={self.pu} = {self.ps + self.pu:g}")
+        if self.qw not in WEIGHT_BITS or isinstance(self.qw, bool):
+            raise ConfigError(f"qw must be one of {', '.join(map(str, WEIGHT_BITS))} bits, got {self.qw!r}")
+        if self.qa not in ACTIVATION_BITS or isinstance(self.qa, bool):
+            raise ConfigError(f"qa must be one of {', '.join(map(str, ACTIVATION_BITS))} bits, got {self.qa!r}")
+
+
+@dataclass(frozen=True)
+class ScoreReference:
+    """The reference model the score divides by (the course's defaults)."""
+
+    params: float = 5.6e6
+    macs: float = 2.8e8
+
+    def __post_init__(self):
+        for key in ("params", "macs"):
+            value = getattr(self, key)
+            if not _is_number(value) or value <= 0:
+                raise ConfigError(f"reference {key} must be a number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Score:
+    param_term: float
+    macs_term: float
+
+    @property
+    def total(self) -> float:
+        return self.param_term + self.macs_term
+
+
+def compute_score(params: int, macs: int, compression: Compression = Compression(),
+                  reference: ScoreReference = ScoreReference()) -> Score:
+    c = compression
+    param_term = (1 - (c.ps + c.pu)) * (c.qw / 32) * params / reference.params
+    macs_term = (1 - c.ps) * (max(c.qw, c.qa) / 32) * macs / reference.macs
+    return Score(param_term, macs_term)
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """Counts of one model and its score under a compression setting."""
+
+    params: int
+    nonzero_params: int
+    macs: int
+    compression: Compression
+    score: Score
+
+    def as_dict(self) -> dict:
+        c = self.compression
+        return {
+            "params": self.params, "macs": self.macs, "nonzero_params": self.nonzero_params,
+            "ps": c.ps, "pu": c.pu, "qw": c.qw, "qa": c.qa,
+            "param_term": self.score.param_term, "macs_term": self.score.macs_term, "score": self.score.total,
+        }
+
+
+def score_model(model, compression: Compression = Compression(), reference: ScoreReference = ScoreReference(),
+                input_size: tuple[int, ...] | None = None) -> ScoreReport:
+    """Measure ``model`` (see :mod:`search.complexity`) and score it under ``compression``."""
+    from search.complexity import CIFAR_INPUT, measure
+
+    counts = measure(model, input_size or CIFAR_INPUT)
+    return ScoreReport(counts.params, counts.nonzero_params, counts.macs, compression,
+                       compute_score(counts.params, counts.macs, compression, reference))
