@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from ptflops import get_model_complexity_info
+from ptflops.pytorch_ops import MODULES_MAPPING
 from torch import nn
 
 from search.errors import ConfigError
@@ -72,10 +73,24 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = CIFAR_INPUT) -> i
         macs, _ = get_model_complexity_info(
             probe, tuple(input_size), as_strings=False, print_per_layer_stat=False, input_constructor=zeros,
             ost=log, backend="pytorch", backend_specific_config={"count_functional": False},
+            custom_modules_hooks=_subclass_hooks(probe),
         )
     if macs is None:  # ptflops swallows the forward's exception and prints it
         raise ConfigError(f"cannot count MACs: the model fails on an input of shape {tuple(input_size)}")
     return int(macs)
+
+
+def _subclass_hooks(model: nn.Module) -> dict:
+    """ptflops looks modules up by exact type; count subclasses (e.g. a fake-quantized Conv2d) as their base."""
+    hooks = {}
+    for module in model.modules():
+        kind = type(module)
+        if kind not in MODULES_MAPPING and kind not in hooks:
+            for base, hook in MODULES_MAPPING.items():
+                if isinstance(module, base):
+                    hooks[kind] = hook
+                    break
+    return hooks
 
 
 def measure(model: nn.Module, input_size: tuple[int, ...] = CIFAR_INPUT) -> Complexity:

@@ -88,3 +88,11 @@ def test_all_legal_bit_widths_are_accepted(qw, qa):
 def test_reference_validation():
     with pytest.raises(ConfigError, match="reference macs must be a number > 0"):
         ScoreReference(macs=0)
+
+
+def test_macs_count_subclasses_of_known_modules():
+    class MyConv(torch.nn.Conv2d):
+        pass
+
+    model = torch.nn.Sequential(MyConv(3, 8, 3, padding=1, bias=False))
+    assert count_macs(model) == 8 * 3 * 9 * 32 * 32
