@@ -11,9 +11,8 @@ import io
 from dataclasses import dataclass
 
 import torch
-from ptflops import get_model_complexity_info
-from ptflops.pytorch_ops import MODULES_MAPPING
 from torch import nn
+from torch.nn.utils import prune
 
 from search.errors import ConfigError
 
@@ -57,7 +56,10 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = CIFAR_INPUT) -> int:
     """Multiply-accumulates of one forward pass of one input, counted by ptflops."""
+    from ptflops import get_model_complexity_info  # imported here: it takes a second to import
+
     # ptflops binds counters onto every module and switches to eval mode: count on a copy, leave the model as it is.
+    _detach_masked_weights(model)
     probe = copy.deepcopy(model)
     try:
         param = next(probe.parameters())
@@ -80,8 +82,23 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = CIFAR_INPUT) -> i
     return int(macs)
 
 
+def _detach_masked_weights(model: nn.Module) -> None:
+    """Recompute torch pruning's ``weight = weight_orig * mask`` without autograd history.
+
+    After pruning or a training forward the masked weight is a non-leaf tensor, which ``deepcopy`` refuses; the next
+    forward recomputes it anyway, so this changes no value.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, prune.BasePruningMethod):
+                    setattr(module, hook._tensor_name, hook.apply_mask(module))
+
+
 def _subclass_hooks(model: nn.Module) -> dict:
     """ptflops looks modules up by exact type; count subclasses (e.g. a fake-quantized Conv2d) as their base."""
+    from ptflops.pytorch_ops import MODULES_MAPPING
+
     hooks = {}
     for module in model.modules():
         kind = type(module)

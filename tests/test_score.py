@@ -96,3 +96,11 @@ def test_macs_count_subclasses_of_known_modules():
 
     model = torch.nn.Sequential(MyConv(3, 8, 3, padding=1, bias=False))
     assert count_macs(model) == 8 * 3 * 9 * 32 * 32
+
+
+def test_measure_works_on_a_model_with_live_pruning_masks():
+    model = build_model("resnet20")
+    prune.global_unstructured([(model.fc, "weight"), (model.conv1, "weight")], prune.L1Unstructured, amount=0.5)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()  # the masked weights now carry autograd history
+    counts = measure(model)
+    assert counts.params == 272_474 and counts.nonzero_params < 271_690 - 500

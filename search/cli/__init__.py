@@ -22,12 +22,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    from search.cli import score
+    from search.cli import score, teacher, train
 
     parser = ArgumentParser(prog=PROG, description="Find small, accurate image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     score.add_parser(commands)
+    train.add_parser(commands)
+    teacher.add_parser(commands)
     return parser
 
 

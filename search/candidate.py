@@ -1,0 +1,155 @@
+"""One candidate of the search: build → (train dense) → compress → train on (with distillation) → measure.
+
+Follows seed 000's recipe: train, prune (structured ``ps``, then global unstructured ``pu``), switch on
+quantization-aware training (``qw``, ``qa``), and train on with the distillation loss while the pruned weights stay
+removed; masks are made permanent at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from search.complexity import Complexity, measure
+from search.compress import make_permanent, prune_structured, prune_unstructured, quantize_model, weight_sparsity
+from search.config import from_mapping, to_mapping
+from search.data import Splits
+from search.errors import ConfigError
+from search.models import build_model
+from search.score import Compression, Score, ScoreReference, compute_score
+from search.train import Distillation, EpochCallback, EpochReport, TrainConfig, Trainer, evaluate
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The full configuration of one trial."""
+
+    arch: str = "resnet20"
+    width: float = 1.0
+    groups: int = 1
+    depthwise: bool = False
+    arch_options: dict = field(default_factory=dict)  # extra builder options, e.g. densenet growth_rate, blocks
+    compression: Compression = field(default_factory=Compression)
+    compress_at: float = 0.5   # fraction of the epochs trained dense before compressing (0 = compress at init)
+    distillation: Distillation | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if isinstance(self.compress_at, bool) or not isinstance(self.compress_at, (int, float)) \
+                or not 0 <= self.compress_at < 1:
+            raise ConfigError(f"compress_at must be in [0, 1), got {self.compress_at!r}")
+        if not isinstance(self.arch_options, dict):
+            raise ConfigError(f"arch_options must be a mapping, got {self.arch_options!r}")
+
+    def build(self, num_classes: int) -> nn.Module:
+        return build_model(self.arch, num_classes=num_classes, width=self.width, groups=self.groups,
+                           depthwise=self.depthwise, **self.arch_options)
+
+    @property
+    def dense_epochs(self) -> int:
+        """Epochs before compression; all of them when nothing is compressed."""
+        if self.compression == Compression():
+            return self.train.epochs
+        # at least one epoch after compressing, so the compressed model is trained (and measured) at all
+        return min(int(round(self.train.epochs * self.compress_at)), self.train.epochs - 1)
+
+    def to_dict(self) -> dict:
+        return to_mapping(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "candidate") -> Candidate:
+        return from_mapping(cls, data, where)
+
+
+def compress(model: nn.Module, compression: Compression) -> nn.Module:
+    """Structured pruning, then unstructured pruning, then fake quantization; in place."""
+    c = compression
+    model = prune_structured(model, c.ps)
+    prune_unstructured(model, c.pu)
+    return quantize_model(model, c.qw, c.qa)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a candidate costs, known before any training."""
+
+    dense: Complexity
+    compressed: Complexity
+    course_score: Score      # the formula on the dense counts with the candidate's ps, pu, qw, qa
+    measured_score: Score    # the formula on the measured compressed counts (pruning already in them)
+
+
+def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference()) -> Costs:
+    """Build and compress an untrained copy to measure both scores before training.
+
+    Structured pruning keeps the same number of channels per layer whatever the weights, and unstructured pruning
+    removes exactly ``pu`` of the weights, so the counts do not depend on training.
+    """
+    model = candidate.build(num_classes)
+    dense = measure(model)
+    compressed = measure(compress(model, candidate.compression))
+    return _costs(candidate.compression, dense, compressed, reference)
+
+
+def _costs(c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Costs:
+    course = compute_score(dense.params, dense.macs, c, reference)
+    measured = compute_score(compressed.nonzero_params, compressed.macs, Compression(qw=c.qw, qa=c.qa), reference)
+    return Costs(dense, compressed, course, measured)
+
+
+@dataclass
+class CandidateResult:
+    candidate: Candidate
+    costs: Costs
+    val_accuracy: float
+    test_accuracy: float | None
+    sparsity: float
+    epochs_run: int
+    wall_s: float
+    train_images_per_s: float
+    history: list[EpochReport]
+    model: nn.Module
+
+    def summary(self) -> dict:
+        c = self.costs
+        return {
+            "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+            "params": c.dense.params, "macs": c.dense.macs, "dense_nonzero_params": c.dense.nonzero_params,
+            "compressed_params": c.compressed.params, "compressed_macs": c.compressed.macs,
+            "nonzero_params": c.compressed.nonzero_params, "sparsity": self.sparsity,
+            "score": c.course_score.total, "param_term": c.course_score.param_term,
+            "macs_term": c.course_score.macs_term, "measured_score": c.measured_score.total,
+            "epochs_run": self.epochs_run, "wall_s": self.wall_s, "train_images_per_s": self.train_images_per_s,
+        }
+
+
+def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
+                  on_epoch: EpochCallback | None = None, test: bool = False,
+                  reference: ScoreReference = ScoreReference()) -> CandidateResult:
+    """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
+
+    ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
+    """
+    start = time.perf_counter()
+    torch.manual_seed(candidate.train.seed)
+    model = candidate.build(data.num_classes).to(data.device)
+    dense = measure(model)
+    trainer = Trainer(model, data, candidate.train, teacher, candidate.distillation, on_epoch)
+    trainer.run(candidate.dense_epochs)
+    if candidate.dense_epochs < candidate.train.epochs:
+        trainer.model = model = compress(model, candidate.compression)
+        trainer.reset_optimizer()
+        trainer.run()
+        make_permanent(model)
+    compressed = measure(model)
+    val = trainer.history[-1].val_accuracy if trainer.history else evaluate(
+        model, data.x_val, data.y_val, data.mean, data.std)
+    test_acc = trainer.evaluate(data.x_test, data.y_test) if test else None
+    return CandidateResult(
+        candidate, _costs(candidate.compression, dense, compressed, reference), val, test_acc,
+        weight_sparsity(model), trainer.epoch, time.perf_counter() - start, trainer.images_per_s,
+        list(trainer.history), model,
+    )

@@ -1,0 +1,104 @@
+"""Distillation teachers: trained once per (arch, dataset, epochs, seed) and cached, so trials and workers share one.
+
+The teacher trains on the training split only (not the validation split), so students' validation accuracy stays an
+honest estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search import __version__
+from search.data import DataConfig, Splits
+from search.errors import MicronetError
+from search.models import build_model
+from search.train import EpochCallback, TrainConfig, Trainer
+
+
+class TeacherError(MicronetError):
+    """A teacher checkpoint that is missing or cannot be read."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MICRONET_CACHE", Path.home() / ".cache" / "micronet-search"))
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    arch: str = "resnet18"
+    epochs: int = 30
+    seed: int = 0
+    width: float = 1.0
+    lr: float = 0.1
+
+    def key(self, data: DataConfig) -> str:
+        width = "" if self.width == 1.0 else f"-w{self.width:g}"
+        return f"{self.arch}{width}-{data.key()}-e{self.epochs}-s{self.seed}-lr{self.lr:g}"
+
+    def path(self, data: DataConfig, root: Path | None = None) -> Path:
+        return (root or cache_dir()) / "teachers" / f"{self.key(data)}.pt"
+
+
+def train_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: Path | None = None,
+                  on_epoch: EpochCallback | None = None) -> tuple[nn.Module, Path, float]:
+    """Train the teacher and write it to the cache atomically; returns (model, path, validation accuracy)."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.arch, num_classes=data.num_classes, width=spec.width).to(data.device)
+    trainer = Trainer(model, data, TrainConfig(epochs=spec.epochs, lr=spec.lr, seed=spec.seed, label_smoothing=0.1),
+                      on_epoch=on_epoch)
+    trainer.run()
+    val = trainer.history[-1].val_accuracy
+    path = spec.path(data_config, root)
+    save_checkpoint(path, {
+        "kind": "teacher", "arch": spec.arch, "width": spec.width, "num_classes": data.num_classes,
+        "key": spec.key(data_config), "val_accuracy": val, "state_dict": model.state_dict(),
+        "version": __version__,
+    })
+    return model.eval(), path, val
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_teacher(path: Path, num_classes: int | None = None, device="cpu") -> nn.Module:
+    """Load a cached teacher in eval mode with gradients off; a damaged file raises :class:`TeacherError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherError(f"teacher checkpoint {path} not found; train it with 'micronet-search teacher'")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+        model = build_model(payload["arch"], num_classes=payload["num_classes"], width=payload.get("width", 1.0))
+        model.load_state_dict(payload["state_dict"])
+    except Exception as e:
+        raise TeacherError(f"teacher checkpoint {path} is corrupt ({type(e).__name__}); delete it and train the "
+                           f"teacher again with 'micronet-search teacher'") from None
+    if num_classes is not None and payload["num_classes"] != num_classes:
+        raise TeacherError(f"teacher checkpoint {path} predicts {payload['num_classes']} classes, the dataset has "
+                           f"{num_classes}; train a teacher on this dataset")
+    return model.to(device).eval().requires_grad_(False)
+
+
+def get_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: Path | None = None,
+                on_epoch: EpochCallback | None = None) -> nn.Module:
+    """The cached teacher for ``spec`` on this dataset, trained first if the cache has none."""
+    path = spec.path(data_config, root)
+    if path.is_file():
+        return load_teacher(path, data.num_classes, data.device)
+    model, _, _ = train_teacher(spec, data_config, data, root, on_epoch)
+    return model

@@ -1,0 +1,259 @@
+"""The trainer: SGD (nesterov) with a one-cycle or cosine schedule, label smoothing, optional distillation.
+
+Data lives on the device as uint8 tensors; each step indexes a batch, augments it with tensor ops and normalizes it
+(see :mod:`search.data`). On CUDA the step runs under bf16 autocast with channels_last tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search.data import Augmentation, Splits, normalize, steps_per_epoch, train_batches
+from search.errors import ConfigError, MicronetError
+
+SCHEDULES = ("onecycle", "cosine")
+
+
+class NonFiniteLossError(MicronetError):
+    """The training loss became NaN or infinite (learning rate too high, or a broken configuration)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05                 # peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    schedule: str = "onecycle"       # onecycle: linear warm-up to lr then linear decay to 0; cosine: cosine to 0
+    warmup_fraction: float = 0.15    # onecycle only
+    eval_batch_size: int = 1024
+    augment: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
+               f"epochs must be an integer >= 1, got {self.epochs!r}")
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+               f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _check(_number(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
+        _check(_number(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check(_number(self.weight_decay) and self.weight_decay >= 0,
+               f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        _check(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+               f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
+               f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+
+    def lr_at(self, progress: float) -> float:
+        """Learning rate at ``progress`` in [0, 1] of the whole run."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        w = self.warmup_fraction
+        if progress < w:
+            return self.lr * progress / w
+        return self.lr * max(0.0, 1 - (progress - w) / (1 - w))
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Loss ``(1-α)·CE + α·T²·KL(p_teacher ‖ p_student)`` at temperature T.
+
+    With ``final_temperature`` set, T moves linearly from ``temperature`` to it over training (seed 004: 10 → 5).
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.5
+    final_temperature: float | None = None
+
+    def __post_init__(self):
+        _check(_number(self.temperature) and self.temperature > 0,
+               f"kd temperature must be a number > 0, got {self.temperature!r}")
+        _check(_number(self.alpha) and 0 <= self.alpha <= 1, f"kd alpha must be in [0, 1], got {self.alpha!r}")
+        _check(self.final_temperature is None or (_number(self.final_temperature) and self.final_temperature > 0),
+               f"kd final temperature must be a number > 0, got {self.final_temperature!r}")
+
+    def temperature_at(self, progress: float) -> float:
+        if self.final_temperature is None:
+            return self.temperature
+        return self.temperature + (self.final_temperature - self.temperature) * progress
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float,
+                      alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    ce = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student.float() / t, 1), F.log_softmax(teacher.float() / t, 1),
+                  reduction="batchmean", log_target=True)
+    return (1 - alpha) * ce + alpha * t * t * kl
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int                 # 1-based, counted over the whole run
+    epochs: int
+    train_loss: float
+    val_accuracy: float
+    lr: float
+    images_per_s: float
+
+
+EpochCallback = Callable[[EpochReport], None]
+
+
+def cuda_setup(device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """bf16 autocast and channels_last on CUDA; plain float32 elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.bfloat16, True
+    return None, False
+
+
+class Trainer:
+    """Trains one model over ``config.epochs`` epochs, possibly in several phases (e.g. dense, then compressed).
+
+    The learning-rate schedule runs over the whole run; :meth:`reset_optimizer` starts a new optimizer (needed
+    when compression replaced the parameters) without restarting the schedule.
+    """
+
+    def __init__(self, model: nn.Module, data: Splits, config: TrainConfig, teacher: nn.Module | None = None,
+                 distillation: Distillation | None = None, on_epoch: EpochCallback | None = None):
+        self.model, self.data, self.config = model, data, config
+        self.teacher, self.distillation = teacher, distillation
+        if distillation is not None and teacher is None:
+            raise ConfigError("distillation needs a teacher model")
+        self.on_epoch = on_epoch
+        self.device = data.device
+        self.autocast_dtype, self.channels_last = cuda_setup(self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.steps_per_epoch = steps_per_epoch(len(data.y_train), config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.step = 0
+        self.epoch = 0
+        self.train_seconds = 0.0
+        self.images_seen = 0
+        self.history: list[EpochReport] = []
+        self.optimizer = None
+        self.reset_optimizer()
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def reset_optimizer(self) -> None:
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
+        cfg = self.config
+        self.optimizer = torch.optim.SGD(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr_at(self.step / self.total_steps), momentum=cfg.momentum, nesterov=cfg.nesterov and
+            cfg.momentum > 0)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
+        return normalize(xb, self.data.mean, self.data.std, channels_last=self.channels_last)
+
+    def run(self, epochs: int | None = None) -> list[EpochReport]:
+        """Train ``epochs`` more epochs (default: all that are left)."""
+        left = self.config.epochs - self.epoch
+        epochs = left if epochs is None else min(epochs, left)
+        reports = []
+        for _ in range(epochs):
+            reports.append(self._epoch())
+        return reports
+
+    def _epoch(self) -> EpochReport:
+        cfg, model = self.config, self.model
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        n_seen = 0
+        start = time.perf_counter()
+        for xb, yb in train_batches(self.data.x_train, self.data.y_train, cfg.batch_size, self.generator,
+                                    cfg.augment):
+            progress = self.step / self.total_steps
+            lr = cfg.lr_at(progress)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x = self._inputs(xb)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                logits = model(x)
+                if self.distillation is not None:
+                    with torch.no_grad():
+                        teacher_logits = self.teacher(x)
+                    kd = self.distillation
+                    loss = distillation_loss(logits, teacher_logits, yb, kd.temperature_at(progress), kd.alpha,
+                                             cfg.label_smoothing)
+                else:
+                    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * len(yb)  # summed on the device: no sync per step
+            n_seen += len(yb)
+            self.step += 1
+        train_loss = (loss_sum / max(n_seen, 1)).item()
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        self.images_seen += n_seen
+        self.epoch += 1
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(f"training loss became {train_loss} in epoch {self.epoch}; lower the learning "
+                                     f"rate (now {cfg.lr:g}) or check the configuration")
+        report = EpochReport(self.epoch, cfg.epochs, train_loss, self.evaluate(self.data.x_val, self.data.y_val),
+                             cfg.lr_at(self.step / self.total_steps), n_seen / seconds if seconds else 0.0)
+        self.history.append(report)
+        if self.on_epoch is not None:
+            self.on_epoch(report)
+        return report
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return evaluate(self.model, x, y, self.data.mean, self.data.std, self.config.eval_batch_size)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_seen / self.train_seconds if self.train_seconds else 0.0
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 1024) -> torch.Tensor:
+    """Logits (float32) of a uint8 image tensor, in large batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    autocast_dtype, channels_last = cuda_setup(x.device)
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = normalize(x[start:start + batch_size], mean, std, channels_last=channels_last)
+        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            out.append(model(xb).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    if len(y) == 0:
+        return float("nan")
+    logits = predict(model, x, mean, std, batch_size)
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def _number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import search.train as train_module
+from search.data import Augmentation, DataConfig, load_data
+from search.errors import ConfigError
+from search.models import build_model
+from search.train import Distillation, NonFiniteLossError, TrainConfig, Trainer, distillation_loss
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data(DataConfig(name="digits"))
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return load_data(DataConfig(name="synthetic", synthetic_size=256))
+
+
+def test_resnet20_learns_digits_in_a_few_epochs(digits):
+    torch.manual_seed(0)
+    reports = []
+    trainer = Trainer(build_model("resnet20"), digits, TrainConfig(epochs=4, lr=0.1, batch_size=64),
+                      on_epoch=reports.append)
+    trainer.run()
+    assert [r.epoch for r in reports] == [1, 2, 3, 4]
+    assert reports[-1].val_accuracy > 0.6  # chance is 0.1
+    assert reports[-1].train_loss < reports[0].train_loss
+    assert trainer.images_per_s > 0
+
+
+def test_onecycle_and_cosine_schedules():
+    one = TrainConfig(lr=0.2, schedule="onecycle", warmup_fraction=0.25)
+    assert one.lr_at(0) == 0 and one.lr_at(0.25) == pytest.approx(0.2) and one.lr_at(1) == 0
+    assert one.lr_at(0.1) < one.lr_at(0.2) and one.lr_at(0.5) > one.lr_at(0.9)
+    cos = TrainConfig(lr=0.2, schedule="cosine")
+    assert cos.lr_at(0) == pytest.approx(0.2) and cos.lr_at(0.5) == pytest.approx(0.1) and cos.lr_at(1) < 1e-12
+
+
+def test_training_is_seeded(synthetic):
+    def run():
+        torch.manual_seed(0)
+        t = Trainer(build_model("resnet20", width=0.25), synthetic, TrainConfig(epochs=1, batch_size=32, seed=3))
+        t.run()
+        return t.history[-1].train_loss
+    assert run() == run()
+
+
+def test_distillation_loss_formula():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    y = torch.randint(0, 10, (8,))
+    T, a = 4.0, 0.3
+    p_t = F.softmax(t / T, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / T, 1))).sum(1).mean()
+    expected = (1 - a) * F.cross_entropy(s, y) + a * T * T * kl
+    assert distillation_loss(s, t, y, T, a).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert distillation_loss(s, t, y, T, 0.0).item() == pytest.approx(F.cross_entropy(s, y).item())
+    assert distillation_loss(s, s, y, T, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_changes_the_loss_and_the_temperature_moves(synthetic, monkeypatch):
+    seen = []
+    real = train_module.distillation_loss
+
+    def spy(student, teacher, targets, temperature, alpha, label_smoothing=0.0):
+        seen.append(temperature)
+        return real(student, teacher, targets, temperature, alpha, label_smoothing)
+
+    monkeypatch.setattr(train_module, "distillation_loss", spy)
+    teacher = build_model("resnet20", width=0.25)
+    cfg = TrainConfig(epochs=2, batch_size=32, augment=Augmentation(crop_padding=0, flip=False))
+
+    def loss(kd):
+        torch.manual_seed(0)
+        t = Trainer(build_model("resnet20", width=0.25), synthetic, cfg, teacher=teacher if kd else None,
+                    distillation=kd)
+        t.run()
+        return t.history[0].train_loss
+
+    plain = loss(None)
+    distilled = loss(Distillation(temperature=10, alpha=0.9, final_temperature=5))
+    assert distilled != pytest.approx(plain)
+    assert seen[0] == 10 and 5 <= seen[-1] < 5.5 and seen == sorted(seen, reverse=True)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+
+
+def test_temperature_schedule():
+    kd = Distillation(temperature=10, final_temperature=5)
+    assert kd.temperature_at(0) == 10 and kd.temperature_at(0.5) == 7.5 and kd.temperature_at(1) == 5
+    assert Distillation(temperature=4).temperature_at(0.7) == 4
+
+
+class Broken(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * math.inf
+
+
+def test_non_finite_loss_stops_with_a_typed_error(synthetic):
+    trainer = Trainer(Broken(), synthetic, TrainConfig(epochs=3, batch_size=64))
+    with pytest.raises(NonFiniteLossError, match="epoch 1"):
+        trainer.run()
+    assert trainer.epoch == 1
+
+
+@pytest.mark.parametrize("kwargs,fragment", [
+    ({"epochs": 0}, "epochs must be an integer >= 1"), ({"lr": -1}, "lr must be"),
+    ({"schedule": "step"}, "schedule must be one of onecycle, cosine"), ({"label_smoothing": 1.0}, "label_smoothing"),
+])
+def test_train_config_validation(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig(**kwargs)
+
+
+def test_distillation_config_validation():
+    with pytest.raises(ConfigError, match="alpha"):
+        Distillation(alpha=1.5)
+    with pytest.raises(ConfigError, match="temperature"):
+        Distillation(temperature=0)
