@@ -109,12 +109,14 @@ def load_data(config: DataConfig, device="cpu") -> Splits:
     if len(train) == 0 or len(val) == 0:
         raise DataError(f"{config.name}: {len(y_train)} training images are too few for a validation split of "
                         f"{config.val_fraction:g}; use more images (subset) or another val_fraction")
-    x_tr = torch.from_numpy(np.ascontiguousarray(x_train[train].transpose(0, 3, 1, 2)))
+    # NHWC numpy → NCHW tensors with one copy per split (the views cost nothing).
+    images = torch.from_numpy(x_train).permute(0, 3, 1, 2)
+    x_tr = images[torch.from_numpy(train)].contiguous()
     mean, std = channel_stats(x_tr)
     splits = Splits(
         x_tr, torch.from_numpy(y_train[train]),
-        torch.from_numpy(np.ascontiguousarray(x_train[val].transpose(0, 3, 1, 2))), torch.from_numpy(y_train[val]),
-        torch.from_numpy(np.ascontiguousarray(x_test.transpose(0, 3, 1, 2))), torch.from_numpy(y_test),
+        images[torch.from_numpy(val)].contiguous(), torch.from_numpy(y_train[val]),
+        torch.from_numpy(x_test).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y_test),
         num_classes, mean, std,
     )
     return splits.to(device)
@@ -243,13 +245,17 @@ def _load_synthetic(config: DataConfig):
     """Random images with a class-dependent colour pattern, so a model can learn something in a few steps."""
     rng = np.random.default_rng(1234)
     c = config.synthetic_classes
-    templates = rng.integers(0, 256, size=(c, 32, 32, 3)).astype(np.float32)
+    templates = (rng.integers(0, 256, size=(c, 32, 32, 3)) * 0.6 + 50).astype(np.float32)
 
     def make(n):
         y = np.arange(n) % c
         rng.shuffle(y)
-        noise = rng.normal(0, 40, size=(n, 32, 32, 3))
-        return np.clip(templates[y] * 0.6 + 50 + noise, 0, 255).astype(np.uint8), y.astype(np.int64)
+        x = np.empty((n, 32, 32, 3), dtype=np.uint8)
+        for start in range(0, n, 4096):  # in chunks: the float noise of 50,000 images would take 1.2 GB at once
+            part = y[start:start + 4096]
+            noise = rng.standard_normal(size=(len(part), 32, 32, 3), dtype=np.float32) * 40
+            x[start:start + 4096] = np.clip(templates[part] + noise, 0, 255)
+        return x, y.astype(np.int64)
 
     x_train, y_train = make(config.synthetic_size)
     x_test, y_test = make(max(c, config.synthetic_size // 4))

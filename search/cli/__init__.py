@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    from search.cli import score, teacher, train
+    from search.cli import front, run, score, teacher, train
 
     parser = ArgumentParser(prog=PROG, description="Find small, accurate image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -30,6 +30,8 @@ def build_parser() -> ArgumentParser:
     score.add_parser(commands)
     train.add_parser(commands)
     teacher.add_parser(commands)
+    run.add_parser(commands)
+    front.add_parser(commands)
     return parser
 
 

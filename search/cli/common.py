@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from search.errors import ConfigError
+from search.device import pick_device  # noqa: F401  (re-exported for the commands)
 from search.train import EpochReport
 
 
@@ -27,18 +26,6 @@ def data_overrides(args) -> dict:
     pairs = {"name": args.dataset, "path": args.data_path, "download": args.download, "subset": args.subset,
              "val_fraction": args.val_fraction}
     return {k: v for k, v in pairs.items() if v is not None}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
-    return device
 
 
 class EpochProgress:

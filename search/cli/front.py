@@ -1,0 +1,76 @@
+"""``micronet-search front``: the Pareto front of a study as a table, as JSON, or as a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+from search.errors import ConfigError
+from search.storage import ENV_STORAGE
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("front", help="show a study's Pareto front", description=__doc__)
+    p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--json", action="store_true", help="print the front as a JSON list")
+    p.add_argument("--plot", metavar="FILE", help="write all trials with the front highlighted (.png or .html)")
+    p.add_argument("--min-accuracy", type=float, help="only front members with at least this accuracy")
+    p.set_defaults(handler=run)
+
+
+def load_existing_study(storage: str | None, name: str):
+    import optuna
+
+    from search.storage import StorageError, mask, open_storage
+
+    url = storage or os.environ.get(ENV_STORAGE)
+    if not url:
+        raise ConfigError(f"give the storage: --storage URL or {ENV_STORAGE}")
+    store = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if name not in names:
+        raise StorageError(f"no study {name!r} in {mask(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=store)
+
+
+def run(args) -> int:
+    from search.front import front_rows, plot
+
+    study = load_existing_study(args.storage, args.study)
+    if args.plot:
+        path = plot(study, args.plot)
+        print(f"wrote {path}")
+    rows = front_rows(study, args.min_accuracy)
+    if args.json:
+        print(json.dumps(rows))
+    elif not args.plot:
+        print_front(rows, f"Pareto front of {args.study}")
+    return 0
+
+
+def print_front(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("trial", "val acc", "score", "measured", "arch", "width", "groups", "dw", "ps", "pu", "qw", "qa",
+                "kd T", "params", "MACs"):
+        table.add_column(col, justify="left" if col == "arch" else "right")
+    for r in rows:
+        table.add_row(
+            str(r["trial"]), f"{r['val_accuracy']:.2%}", f"{r['score']:.4f}", _f(r["measured_score"], ".4f"),
+            str(r["arch"]), _f(r["width"], "g"), str(r["groups"]), "yes" if r["depthwise"] else "no",
+            _f(r["ps"], ".2f"), _f(r["pu"], ".2f"), str(r["qw"]), str(r["qa"]), _f(r["kd_temperature"], ".1f"),
+            _f(r["params"], ","), _f(r["macs"], ","),
+        )
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or pipe: don't squeeze the columns into 80
+    console.print(table)
+    if not rows:
+        print("no completed trial yet")
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)

@@ -1,0 +1,216 @@
+"""Study definitions (``studies/*.yaml``) and the multi-objective Optuna study built from them.
+
+Directions: maximize validation accuracy, minimize score. Each trial samples a candidate from the space, measures
+its score before training, trains it with Pareto-aware early stopping, and stores a checkpoint in the artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import optuna
+
+from search.candidate import Candidate
+from search.config import from_mapping, load_yaml, to_mapping
+from search.data import DataConfig
+from search.errors import ConfigError
+from search.pruner import EarlyStopper, make_stopper
+from search.samplers import ParetoTPESampler
+from search.score import Compression, ScoreReference
+from search.space import PARAMS, Space, load_space
+from search.storage import StorageError, mask, open_storage, resolve_storage
+from search.teacher import TeacherSpec
+from search.train import Distillation, TrainConfig
+
+DIRECTIONS = ("maximize", "minimize")  # validation accuracy, score
+SAMPLERS = ("tpe", "nsga2", "random")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    name: str = "tpe"
+    seed: int = 0
+    n_startup_trials: int = 10  # tpe: random trials before the model kicks in
+    population_size: int = 20   # nsga2
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.name!r}; use one of {', '.join(SAMPLERS)}")
+
+    def build(self) -> optuna.samplers.BaseSampler:
+        if self.name == "tpe":
+            return ParetoTPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
+        if self.name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
+        return optuna.samplers.RandomSampler(seed=self.seed)
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    name: str = "pareto"           # pareto or none
+    warmup_epochs: int = 2
+    min_trials: int = 4
+    percentile: float = 50.0
+    skip_dominated: bool = True    # skip, before training, a candidate a finished trial already beats
+    skip_accuracy: float = 1.0     # ... namely one with a score no worse and at least this accuracy
+
+    def build(self, accuracy_floor: float | None) -> EarlyStopper:
+        if self.name in ("none", "off"):
+            return make_stopper("none")
+        return make_stopper(self.name, warmup_epochs=self.warmup_epochs, min_trials=self.min_trials,
+                            percentile=self.percentile, accuracy_floor=accuracy_floor)
+
+    def __post_init__(self):
+        self.build(None)  # validates
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str
+    space: str = "spaces/micronet.yaml"
+    storage: str | None = None           # default sqlite:///studies/<name>.db; --storage and MICRONET_STORAGE win
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    accuracy_floor: float | None = None  # a constraint: trials below it are infeasible and off the front
+    train: TrainConfig = field(default_factory=TrainConfig)
+    compress_at: float = 0.5
+    n_trials: int | None = 20            # finished (complete or pruned) trials in the storage, all runs and workers
+    timeout: float | None = None         # seconds, per run
+    teacher: TeacherSpec = field(default_factory=TeacherSpec)
+    artifacts: str | None = None         # default studies/<name>-artifacts
+    device: str = "auto"
+    reference: ScoreReference = field(default_factory=ScoreReference)
+    enqueue: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"name must be letters, digits, - and _, got {self.name!r}")
+        if self.accuracy_floor is not None and not (isinstance(self.accuracy_floor, (int, float))
+                                                    and 0 <= self.accuracy_floor <= 1):
+            raise ConfigError(f"accuracy_floor must be in [0, 1], got {self.accuracy_floor!r}")
+        if self.n_trials is not None and (not isinstance(self.n_trials, int) or self.n_trials < 1):
+            raise ConfigError(f"n_trials must be an integer >= 1, got {self.n_trials!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
+            raise ConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
+            raise ConfigError("enqueue must be a list of mappings of space parameters")
+
+    @property
+    def artifact_dir(self) -> Path:
+        return Path(self.artifacts or f"studies/{self.name}-artifacts")
+
+
+@dataclass(frozen=True)
+class LoadedStudy:
+    """A study file with its space, validated, and the storage URL it resolves to."""
+
+    config: StudyConfig
+    space: Space
+    storage_url: str
+    path: str
+
+
+def load_study_file(path: str | Path, storage: str | None = None, n_trials: int | None = None,
+                    timeout: float | None = None) -> LoadedStudy:
+    """Read and validate a study file and its space; nothing touches the storage yet."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if "name" not in raw:
+        raise ConfigError(f"{path}: missing key 'name' (the study name)")
+    config = from_mapping(StudyConfig, raw, str(path))
+    overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+    if overrides:
+        config = replace(config, **overrides)
+    space = load_space(_find(config.space, path))
+    for i, params in enumerate(config.enqueue):
+        for key in params:
+            if key not in space.names():
+                raise ConfigError(f"{path}: enqueue[{i}] sets {key!r}, which {config.space} does not sample; "
+                                  f"its parameters: {', '.join(space.names())}")
+    return LoadedStudy(config, space, resolve_storage(storage, config.storage, config.name), str(path))
+
+
+def _find(relative: str, study_file: Path) -> Path:
+    """A path from a study file: as given (from the working directory), else next to the file or one folder up."""
+    candidates = [Path(relative), study_file.parent / relative, study_file.parent.parent / relative]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"{study_file}: space file {relative!r} not found (looked in {', '.join(map(str, candidates))})")
+
+
+def candidate_from(values: dict, config: StudyConfig) -> Candidate:
+    """Turn sampled space values into a full candidate on top of the study's defaults."""
+    unknown = set(values) - set(PARAMS)
+    if unknown:
+        raise ConfigError(f"unknown parameter {sorted(unknown)[0]!r}")
+    options = {}
+    if "growth_rate" in values:
+        options["growth_rate"] = values["growth_rate"]
+    if "bottleneck" in values:
+        options["bottleneck"] = values["bottleneck"]
+    if "blocks" in values:
+        options["blocks"] = _blocks(values["blocks"])
+    compression = Compression(**{k: values[k] for k in ("ps", "pu", "qw", "qa") if k in values})
+    distillation = None
+    if values.get("distillation"):
+        t = values.get("kd_temperature", Distillation.temperature)
+        distillation = Distillation(temperature=t, alpha=values.get("kd_alpha", Distillation.alpha),
+                                    final_temperature=t / 2 if values.get("kd_decreasing") else None)
+    train = config.train
+    train_over = {k: values[k] for k in ("lr", "weight_decay", "label_smoothing", "batch_size") if k in values}
+    if "cutout" in values:
+        train_over["augment"] = replace(train.augment, cutout=int(values["cutout"]))
+    train = replace(train, **train_over)
+    return Candidate(
+        arch=values.get("arch", "resnet20"), width=values.get("width", 1.0), groups=values.get("groups", 1),
+        depthwise=values.get("depthwise", False), arch_options=options, compression=compression,
+        compress_at=values.get("compress_at", config.compress_at), distillation=distillation, train=train,
+    )
+
+
+def _blocks(value) -> list[int]:
+    if isinstance(value, str):
+        try:
+            return [int(x) for x in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"blocks must look like '6,6,6', got {value!r}") from None
+    return list(value)
+
+
+def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int | None = None,
+               grace_period: int | None = None) -> optuna.Study:
+    """Create the study or load it to resume; refuse one stored with other directions or another space."""
+    cfg = loaded.config
+    storage = open_storage(loaded.storage_url, heartbeat_interval, grace_period)
+    fingerprint = json.dumps({"space": to_mapping(loaded.space), "directions": list(DIRECTIONS)}, sort_keys=True,
+                             default=str)
+    try:
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    except Exception as e:
+        raise StorageError(f"cannot read studies from {mask(loaded.storage_url)}: {e}") from None
+    if cfg.name in existing:
+        summary = existing[cfg.name]
+        directions = tuple(d.name.lower() for d in summary.directions)
+        if directions != DIRECTIONS:
+            raise ConfigError(f"study {cfg.name!r} in {mask(loaded.storage_url)} has directions "
+                              f"{', '.join(directions)}, not maximize accuracy, minimize score; use another name")
+        stored = summary.user_attrs.get("micronet_fingerprint")
+        if stored is not None and stored != fingerprint:
+            raise ConfigError(f"study {cfg.name!r} in {mask(loaded.storage_url)} was created with another search "
+                              f"space; use another study name or the space it was made with")
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=cfg.sampler.build())
+    if not create:
+        raise StorageError(f"no study {cfg.name!r} in {mask(loaded.storage_url)}; known: "
+                           f"{', '.join(sorted(existing)) or 'none'}")
+    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
+                                sampler=cfg.sampler.build())
+    study.set_user_attr("micronet_fingerprint", fingerprint)
+    study.set_user_attr("micronet_config", json.loads(json.dumps(to_mapping(cfg), default=str)))
+    study.set_user_attr("artifact_dir", str(cfg.artifact_dir.resolve()))
+    for params in cfg.enqueue:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study

@@ -1,0 +1,210 @@
+import json
+import sqlite3
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.checkpoint import load_candidate_checkpoint
+from search.front import dominates, front_rows, front_trials, hypervolume
+from search.runner import run_study
+from search.study import load_study_file
+
+SPACE = """\
+params:
+  arch: {value: resnet20}
+  width: {value: 0.25}
+  groups: {choices: [1, 2, 3]}
+  ps: {low: 0.0, high: 0.6}
+  pu: {low: 0.0, high: 0.3}
+  qw: {choices: [8, 32]}
+  lr: {low: 0.05, high: 0.2, log: true}
+"""
+
+
+def write_study(tmp_path, n_trials=4, extra="", name="tiny", space=SPACE):
+    (tmp_path / "space.yaml").write_text(space)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""\
+name: {name}
+space: {tmp_path / 'space.yaml'}
+storage: sqlite:///{tmp_path / 'tiny.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: digits, subset: 400}}
+sampler: {{name: random, seed: 3}}
+train: {{epochs: 2, batch_size: 32}}
+pruner: {{name: none, skip_dominated: false}}
+n_trials: {n_trials}
+{extra}""")
+    return path
+
+
+def test_study_runs_records_and_resumes(tmp_path):
+    path = write_study(tmp_path, n_trials=3)
+    study = run_study(load_study_file(path))
+    trials = study.get_trials()
+    assert len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 3
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        assert t.intermediate_values.keys() == {1, 2}  # one validation accuracy per epoch, for the dashboard
+        for key in ("dense_params", "dense_macs", "compressed_params", "compressed_macs", "nonzero_params",
+                    "course_score", "measured_score", "epochs_run", "wall_s", "images_per_s", "device",
+                    "candidate", "checkpoint_artifact_id"):
+            assert key in t.user_attrs, key
+        assert t.values[1] == pytest.approx(t.user_attrs["course_score"])
+    for t in trials:
+        if t.params.get("groups") == 3:  # 3 does not divide 4 channels: pruned with the reason, no crash
+            assert t.state == TrialState.PRUNED and "cannot build" in t.user_attrs["pruned_reason"]
+
+    numbers = {t.number for t in complete}
+    resumed = run_study(load_study_file(path, n_trials=5))
+    finished = [t for t in resumed.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5
+    assert numbers <= {t.number for t in finished if t.state == TrialState.COMPLETE}  # nothing lost
+
+    again = run_study(load_study_file(path, n_trials=5))  # already done: no new trial
+    assert len(again.get_trials()) == len(resumed.get_trials())
+
+
+def test_checkpoint_reloads_to_the_same_accuracy(tmp_path):
+    from search.data import DataConfig, load_data
+    from search.train import evaluate
+
+    path = write_study(tmp_path, n_trials=2, space=SPACE.replace("[1, 2, 3]", "[1, 2]"))
+    study = run_study(load_study_file(path))
+    trial = next(t for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    file = tmp_path / "ckpt.pt"
+    optuna.artifacts.download_artifact(artifact_store=store, artifact_id=trial.user_attrs["checkpoint_artifact_id"],
+                                       file_path=str(file))
+    model, meta = load_candidate_checkpoint(file)
+    assert meta["candidate"] == trial.user_attrs["candidate"]
+    data = load_data(DataConfig(name="digits", subset=400))
+    assert evaluate(model, data.x_val, data.y_val, meta["mean"], meta["std"]) == pytest.approx(trial.values[0])
+
+
+def test_accuracy_floor_is_a_constraint(tmp_path):
+    path = write_study(tmp_path, n_trials=3, extra="accuracy_floor: 0.99\n",
+                       space=SPACE.replace("[1, 2, 3]", "[1]"))
+    study = run_study(load_study_file(path))
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.constraints["accuracy_floor"] == pytest.approx(0.99 - t.values[0])
+    assert all(t.values[0] >= 0.99 for t in study.best_trials)
+
+
+def test_early_stopping_prunes_with_a_reason(tmp_path):
+    path = write_study(tmp_path, n_trials=6, extra="", space=SPACE.replace("[1, 2, 3]", "[1]"))
+    text = path.read_text().replace("pruner: {name: none, skip_dominated: false}",
+                                    "pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, percentile: 100}")
+    path.write_text(text)
+    study = run_study(load_study_file(path))
+    pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
+    assert pruned, "percentile 100 stops every trial that does not beat all its finished rivals"
+    assert all("percentile" in t.user_attrs["pruned_reason"] for t in pruned)
+    assert all(len(t.intermediate_values) >= 1 for t in pruned)
+
+
+def test_front_is_non_dominated(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    points = [(0.9, 0.5), (0.8, 0.2), (0.85, 0.6), (0.95, 1.0), (0.7, 0.1), (0.6, 0.3), (0.8, 0.2)]
+    for acc, score in points:
+        study.add_trial(optuna.trial.create_trial(values=[acc, score], params={}, distributions={}))
+    front = front_trials(study)
+    values = [tuple(t.values) for t in front]
+    for a in values:
+        assert not any(dominates(b, a) for b in map(tuple, (t.values for t in study.trials)))
+    assert {(0.9, 0.5), (0.95, 1.0), (0.7, 0.1), (0.8, 0.2)} == set(values)
+    assert [r["score"] for r in front_rows(study)] == sorted(r["score"] for r in front_rows(study))
+    assert all(r["val_accuracy"] >= 0.85 for r in front_rows(study, min_accuracy=0.85))
+
+
+def test_hypervolume():
+    assert hypervolume([(1.0, 0.0)], reference_score=1.0) == pytest.approx(1.0)
+    assert hypervolume([(0.5, 0.5)], reference_score=1.0) == pytest.approx(0.25)
+    # two points: staircase area
+    assert hypervolume([(0.5, 0.2), (0.9, 0.6)], reference_score=1.0) == pytest.approx(0.5 * 0.4 + 0.9 * 0.4)
+    assert hypervolume([(0.5, 0.2), (0.4, 0.3)], reference_score=1.0) == pytest.approx(0.5 * 0.8)
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_run_and_front_commands(tmp_path):
+    path = write_study(tmp_path, n_trials=2, space=SPACE.replace("[1, 2, 3]", "[1, 2]"))
+    result = cli("run", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "Pareto front of tiny" in result.stdout
+    storage = f"sqlite:///{tmp_path / 'tiny.db'}"
+    out = cli("front", "--storage", storage, "--study", "tiny", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert rows
+    for key in ("trial", "val_accuracy", "score", "params", "macs", "arch", "groups", "depthwise", "ps", "pu",
+                "qw", "qa", "kd_temperature"):
+        assert key in rows[0]
+    for suffix in ("png", "html"):
+        plot = cli("front", "--storage", storage, "--study", "tiny", "--plot", str(tmp_path / f"front.{suffix}"))
+        assert plot.returncode == 0, plot.stderr
+        assert (tmp_path / f"front.{suffix}").stat().st_size > 1000
+
+
+def db_snapshot(db):
+    if not db.exists():
+        return None
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("select count(*) from trials").fetchone(), con.execute(
+            "select study_name from studies").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda t: t.replace("sampler: {name: random, seed: 3}", "sampler: {name: cmaes}"), "unknown sampler 'cmaes'"),
+    (lambda t: t.replace("n_trials:", "n_trails:"), "unknown key 'n_trails'"),
+    (lambda t: t.replace("train: {epochs: 2", "train: {epochs: [2"), "is not valid YAML"),
+    (lambda t: t.replace("storage: sqlite:///", "storage: postgresql://u:secret@127.0.0.1:1/x#"),
+     "cannot open storage"),
+])
+def test_bad_study_input_is_one_line_and_leaves_the_db_alone(tmp_path, mutate, fragment):
+    path = write_study(tmp_path, n_trials=1, space=SPACE.replace("[1, 2, 3]", "[1]"))
+    assert cli("run", str(path)).returncode == 0
+    before = db_snapshot(tmp_path / "tiny.db")
+    path.write_text(mutate(path.read_text()))
+    result = cli("run", str(path), "--n-trials", "3")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    assert db_snapshot(tmp_path / "tiny.db") == before
+
+
+def test_unknown_space_key_is_named(tmp_path):
+    path = write_study(tmp_path, space=SPACE + "  colour: {choices: [red]}\n")
+    result = cli("run", str(path))
+    assert result.returncode == 2
+    assert "params.colour: unknown space key 'colour'" in result.stderr
+    assert not (tmp_path / "tiny.db").exists()
+
+
+def test_study_with_other_directions_is_refused(tmp_path):
+    path = write_study(tmp_path)
+    optuna.create_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}", directions=["minimize"])
+    before = db_snapshot(tmp_path / "tiny.db")
+    result = cli("run", str(path))
+    assert result.returncode == 2
+    assert "has directions minimize" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert db_snapshot(tmp_path / "tiny.db") == before
+
+
+def test_front_of_unknown_study(tmp_path):
+    path = write_study(tmp_path, n_trials=1, space=SPACE.replace("[1, 2, 3]", "[1]"))
+    cli("run", str(path))
+    result = cli("front", "--storage", f"sqlite:///{tmp_path / 'tiny.db'}", "--study", "nope")
+    assert result.returncode == 2 and "no study 'nope'" in result.stderr and "tiny" in result.stderr
