@@ -104,7 +104,7 @@ class Objective:
             save_candidate_checkpoint(path, candidate, result.model, self.data, self.config.data,
                                       result.val_accuracy)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                                           study_or_trial=trial)
+                                                           study_or_trial=trial, mimetype="application/octet-stream")
         trial.set_user_attr("checkpoint_artifact_id", artifact_id)
 
 

@@ -186,8 +186,9 @@ def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int
     """Create the study or load it to resume; refuse one stored with other directions or another space."""
     cfg = loaded.config
     storage = open_storage(loaded.storage_url, heartbeat_interval, grace_period)
-    fingerprint = json.dumps({"space": to_mapping(loaded.space), "directions": list(DIRECTIONS)}, sort_keys=True,
-                             default=str)
+    space = to_mapping(loaded.space)
+    space.pop("source")  # where the file was read from does not change the space
+    fingerprint = json.dumps({"space": space, "directions": list(DIRECTIONS)}, sort_keys=True, default=str)
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as e:
@@ -208,6 +209,7 @@ def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int
                            f"{', '.join(sorted(existing)) or 'none'}")
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
                                 sampler=cfg.sampler.build())
+    study.set_metric_names(["val_accuracy", "score"])  # axis names in the dashboard and plots
     study.set_user_attr("micronet_fingerprint", fingerprint)
     study.set_user_attr("micronet_config", json.loads(json.dumps(to_mapping(cfg), default=str)))
     study.set_user_attr("artifact_dir", str(cfg.artifact_dir.resolve()))

@@ -108,6 +108,29 @@ def test_early_stopping_prunes_with_a_reason(tmp_path):
     assert all(len(t.intermediate_values) >= 1 for t in pruned)
 
 
+def test_tpe_learns_from_pruned_trials_with_learning_curves(tmp_path):
+    # Optuna's TPE ranks pruned trials with study.direction, which a two-objective study refuses; our sampler
+    # ranks them by accuracy instead, so no trial fails.
+    path = write_study(tmp_path, n_trials=6, space=SPACE.replace("[1, 2, 3]", "[1]"))
+    path.write_text(path.read_text().replace("sampler: {name: random, seed: 3}",
+                                             "sampler: {name: tpe, seed: 0, n_startup_trials: 2}").replace(
+        "train: {epochs: 2, batch_size: 32}", "train: {epochs: 3, batch_size: 8}").replace(
+        "pruner: {name: none, skip_dominated: false}",
+        "pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, percentile: 100}"))
+    study = run_study(load_study_file(path))
+    states = [t.state for t in study.get_trials()]
+    assert TrialState.FAIL not in states and TrialState.PRUNED in states and len(states) == 6
+
+
+def test_resume_from_another_working_directory(tmp_path, monkeypatch):
+    path = write_study(tmp_path, n_trials=1, space=SPACE.replace("[1, 2, 3]", "[1]"))
+    path.write_text(path.read_text().replace(f"space: {tmp_path / 'space.yaml'}", "space: space.yaml"))
+    run_study(load_study_file(path))  # space.yaml found next to the study file
+    monkeypatch.chdir(tmp_path)  # now found from the working directory: same space, same study
+    study = run_study(load_study_file(path.name, n_trials=2))
+    assert len(study.get_trials()) == 2
+
+
 def test_front_is_non_dominated(tmp_path):
     study = optuna.create_study(directions=["maximize", "minimize"])
     points = [(0.9, 0.5), (0.8, 0.2), (0.85, 0.6), (0.95, 1.0), (0.7, 0.1), (0.6, 0.3), (0.8, 0.2)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +31,8 @@ def load_existing_study(storage: str | None, name: str):
     url = storage or os.environ.get(ENV_STORAGE)
     if not url:
         raise ConfigError(f"give the storage: --storage URL or {ENV_STORAGE}")
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise StorageError(f"no SQLite database at {url[len('sqlite:///'):]}; check --storage")  # don't create one
     store = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if name not in names:

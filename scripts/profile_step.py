@@ -1,0 +1,55 @@
+"""Where the time of one CPU training step goes: torch.profiler over the project's trainer (resnet20, batch 128).
+
+    python scripts/profile_step.py [--arch resnet20] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from search.data import Augmentation, DataConfig, load_data, normalize, train_batches
+from search.models import build_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet20")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    data = load_data(DataConfig(name="synthetic", synthetic_size=args.batch_size * (args.steps + 4)))
+    model = build_model(args.arch, num_classes=data.num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(0)
+    batches = list(train_batches(data.x_train, data.y_train, args.batch_size, gen, None))
+    augment = Augmentation()
+
+    def step(xb, yb):
+        with record_function("data: augment + normalize"):
+            x = normalize(augment(xb, gen), data.mean, data.std)
+        with record_function("model: forward + loss"):
+            loss = torch.nn.functional.cross_entropy(model(x), yb)
+        with record_function("model: backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("optimizer step"):
+            opt.step()
+
+    for xb, yb in batches[:3]:
+        step(xb, yb)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for xb, yb in batches[3:3 + args.steps]:
+            step(xb, yb)
+    events = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith(("data:", "model:", "opt"))}
+    total = sum(events.values())
+    print(f"{args.arch}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} threads")
+    for key, us in sorted(events.items(), key=lambda kv: -kv[1]):
+        print(f"  {key:28s} {us / 1e3 / args.steps:8.1f} ms/step  {us / total:6.1%}")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()

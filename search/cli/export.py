@@ -1,0 +1,96 @@
+"""``micronet-search export``: one trained trial as TorchScript, ONNX and a state dict, with a model card.
+
+The trial is chosen by number (``--trial``), as the cheapest front member with enough validation accuracy
+(``--min-accuracy``) or as the front's knee (``--knee``). Its test accuracy is measured now, on the dataset's test
+split. ``--verify`` reloads every written file and checks it against the card before the folder is put in place.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from search.storage import ENV_STORAGE
+
+FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all three)"
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("export", help="export one trial's model with a model card", description=__doc__)
+    add_common_arguments(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, metavar="N", help="this trial (complete, with a checkpoint)")
+    which.add_argument("--min-accuracy", type=float, metavar="A",
+                       help="the lowest-score front member with validation accuracy >= A")
+    which.add_argument("--knee", action="store_true",
+                       help="the front's knee: farthest from the line between the extreme members, objectives "
+                            "normalized over the front (1-2 members: the most accuracy per unit of score)")
+    p.set_defaults(handler=run)
+
+
+def add_common_arguments(p) -> None:
+    p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; written atomically)")
+    p.add_argument("--format", default="torchscript,onnx,state_dict", help=FORMAT_HELP)
+    p.add_argument("--verify", action="store_true",
+                   help="reload every written file and re-check it on the test split (accuracy within 0.5 %%, "
+                        "ONNX outputs within 1e-3 of torch's)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier export")
+    p.add_argument("--data-path", help="where the study's dataset is on this machine, if not where it was trained")
+
+
+def run(args) -> int:
+    from search.cli.front import load_existing_study
+    from search.export import VerificationError, export_model, parse_formats, select_trial
+
+    formats = parse_formats(args.format)
+    study = load_existing_study(args.storage, args.study)
+    trial = select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee)
+    try:
+        result = export_model(study, trial, args.out, formats, force=args.force, verify_export=args.verify,
+                              data_path=args.data_path)
+    except VerificationError as e:
+        print(f"micronet-search: {e}", file=sys.stderr)
+        return 1
+    print_summary(result, f"exported trial {trial.number} of {args.study}")
+    return 0
+
+
+def print_summary(result, title: str) -> None:
+    card = result.card
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    if card["kind"] == "ensemble":
+        table.add_row("members", ", ".join(f"trial {m['trial']}" for m in card["members"]))
+        table.add_row("score", f"{card['score']:.4f} (sum of the members')")
+        table.add_row("val accuracy (vote)", f"{card['val_accuracy']:.2%}")
+    else:
+        c = card["candidate"]
+        table.add_row("model", f"{c['arch']} width {c['width']:g}, ps {card['pruning']['ps']:.2f}, "
+                               f"pu {card['pruning']['pu']:.2f}, qw {card['bits']['qw']}, qa {card['bits']['qa']}")
+        table.add_row("score", f"{card['score']:.4f} (measured {_f(card['measured_score'], '.4f')})")
+        table.add_row("nonzero params", _f(card["complexity"]["exported_nonzero_params"], ","))
+        table.add_row("val accuracy", f"{card['val_accuracy']:.2%} (study)")
+    table.add_row("test accuracy", f"{card['test_accuracy']:.2%} on {card['test_images']:,} images")
+    table.add_row("files", ", ".join(card["files"].values()))
+    report = result.verify
+    if report is not None:
+        checks = ", ".join(f"{name} {acc:.2%}" for name, acc in report.accuracy.items())
+        table.add_row("verified", checks)
+        if report.onnx_max_abs_diff is not None:
+            table.add_row("ONNX vs torch", f"max |Δ| {report.onnx_max_abs_diff:.2g}, median "
+                                           f"{report.onnx_median_abs_diff:.2g}, same class "
+                                           f"{report.onnx_top1_agreement:.2%} ({report.onnx_rule})")
+    table.add_row("folder", str(result.out))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)

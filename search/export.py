@@ -1,0 +1,819 @@
+"""Export a trained candidate, or a majority-vote ensemble of several, for deployment.
+
+The pieces, in the order the commands use them:
+
+- :func:`select_trial` / :func:`select_members`: which trial(s) of a study to export (a trial number, the cheapest
+  front member above an accuracy, the front's knee; explicit trials or the top-k front members by accuracy);
+- :func:`load_trial_model`: the trial's checkpoint from the study's artifact store, loaded (physically pruned,
+  unstructured zeros permanent) with the quantized weights baked in (:func:`search.compress.bake_weights`); the
+  activation quantizers stay in the graph;
+- :func:`export_model` / :func:`export_ensemble`: measure the test accuracy now, then write TorchScript, ONNX, state
+  dicts, ``model_card.json`` and a ``README.md`` into a temporary sibling of the output folder, and rename it into
+  place at the end, so the output folder is either complete or untouched;
+- :func:`verify`: reload every written artifact and re-evaluate it on the test split against the card.
+
+Every exported model takes a float tensor N×3×32×32 that is already normalized: uint8 RGB → /255 → (x - mean) / std
+with the mean and std (0..1 scale) of the study's training split, recorded in the card. The ensemble outputs scores
+whose argmax is the majority vote of its members (see :class:`MajorityVote`).
+
+ONNX goes through the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): the dynamo exporter
+(torch 2.14 with onnxscript 0.7) cannot translate the activation quantizer's whole-tensor ``amax()``, while the
+TorchScript-based one handles it and needs only the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from search import __version__
+from search.candidate import Candidate
+from search.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
+from search.complexity import count_nonzero_params
+from search.compress import bake_weights, quantization_of
+from search.config import from_mapping
+from search.data import DataConfig, Splits, load_data, normalize
+from search.errors import MicronetError
+from search.front import front_trials
+from search.score import Compression, ScoreReference, compute_score
+from search.train import evaluate, predict
+
+FORMATS = ("torchscript", "onnx", "state_dict")
+CARD = "model_card.json"
+README = "README.md"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+STATE_DICT_FILE = "state_dict.pt"
+MEMBERS_DIR = "state_dicts"      # an ensemble's members, one state dict each
+ONNX_OPSET = 17
+ACCURACY_TOLERANCE = 0.005       # verify: |accuracy of a reloaded artifact - card| (absolute)
+LOGIT_TOLERANCE = 1e-3           # verify: |ONNX output - torch output| (see _compare_onnx)
+TOP1_AGREEMENT = 0.99            # verify, quantized activations: ONNX and torch predict the same class this often
+SCORE_CONVENTION = "seed 000's convention: the sum of the members' scores"
+VOTE_RULE = ("majority vote of the members' top-1 predictions; ties are broken by the members' summed softmax "
+             "probabilities. The output is votes + summed_softmax / (members + 1): the second term is below 1, so "
+             "it only orders classes with equal votes, and argmax(output) is the vote")
+PREPROCESSING = ("uint8 RGB image H×W×3 (32×32) → C×H×W float → /255 → (x - mean) / std per channel; input "
+                 "N×3×32×32 float32")
+
+
+class ExportError(MicronetError):
+    """An export that cannot be made: an unknown trial, no checkpoint, an unusable output folder."""
+
+
+class VerificationError(Exception):
+    """A reloaded artifact disagrees with the model card (not bad input: the export itself is wrong)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Choosing trials
+
+
+def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: float | None = None,
+                 knee: bool = False) -> FrozenTrial:
+    """The trial to export: exactly one of ``trial`` (a number), ``min_accuracy`` or ``knee``.
+
+    - ``trial``: that trial, which must be complete with a checkpoint (it need not be on the front);
+    - ``min_accuracy``: the lowest-score front member whose validation accuracy is at least ``min_accuracy``;
+    - ``knee``: the front's knee, see :func:`knee_trial`.
+    """
+    if sum((trial is not None, min_accuracy is not None, bool(knee))) != 1:
+        raise ExportError("choose the trial with exactly one of --trial N, --min-accuracy A or --knee")
+    if trial is not None:
+        return trial_with_checkpoint(study, trial)
+    front = _front(study)
+    if knee:
+        return knee_trial(front)
+    if not 0 <= min_accuracy <= 1:
+        raise ExportError(f"--min-accuracy is a validation accuracy in [0, 1], got {min_accuracy:g}")
+    for t in front:  # sorted by score, lowest first
+        if t.values[0] >= min_accuracy:
+            return t
+    best = max(front, key=lambda t: (t.values[0], -t.values[1]))
+    raise ExportError(f"no Pareto-front member of study {study.study_name!r} reaches validation accuracy "
+                      f"{min_accuracy:g}; the best is {best.values[0]:.4f} (trial {best.number})")
+
+
+def knee_trial(front: Sequence[FrozenTrial]) -> FrozenTrial:
+    """The knee of a front of (accuracy, score) trials.
+
+    With three or more members both objectives are normalized over the front to [0, 1] and the knee is the member
+    farthest from the straight line between the two extreme members (the lowest and the highest score); a tie goes
+    to the lower score. With one or two members (or a front that is a straight line) there is no bend: the knee is
+    then the member with the most validation accuracy per unit of score (accuracy / score), the best balance of the
+    two; a zero score counts as infinitely efficient.
+    """
+    if not front:
+        raise ExportError("the Pareto front is empty: no completed trial yet")
+    members = sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+    if len(members) >= 3:
+        acc = np.array([t.values[0] for t in members], dtype=np.float64)
+        score = np.array([t.values[1] for t in members], dtype=np.float64)
+        a = (acc - acc.min()) / (np.ptp(acc) or 1.0)
+        s = (score - score.min()) / (np.ptp(score) or 1.0)
+        (s0, a0), (s1, a1) = (s[0], a[0]), (s[-1], a[-1])
+        length = math.hypot(s1 - s0, a1 - a0)
+        if length > 0:
+            distance = np.abs((s1 - s0) * (a0 - a) - (s0 - s) * (a1 - a0)) / length
+            best = int(np.argmax(distance))  # the first maximum: the lowest score among ties
+            if distance[best] > 1e-12:
+                return members[best]
+    return max(members, key=lambda t: (_efficiency(t), -t.values[1], -t.number))
+
+
+def _efficiency(t: FrozenTrial) -> float:
+    accuracy, score = t.values
+    return math.inf if score <= 0 else accuracy / score
+
+
+def select_members(study: optuna.Study, trials: Sequence[int] | None = None, top_k: int | None = None
+                   ) -> list[FrozenTrial]:
+    """An ensemble's members: the given trial numbers, or the ``top_k`` front members with the best accuracy.
+
+    Given trials must be complete with a checkpoint; they need not be on the front (the card says which are).
+    ``top_k`` breaks accuracy ties by the lower score. At least two members are needed.
+    """
+    if (trials is None) == (top_k is None):
+        raise ExportError("choose the members with exactly one of --trials N,N,... or --top-k K")
+    if trials is not None:
+        numbers = list(trials)
+        repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+        if repeated:
+            raise ExportError(f"trial {repeated[0]} is given twice; each member once")
+        if len(numbers) < 2:
+            raise ExportError(f"an ensemble needs at least 2 members, got {len(numbers)}; export one model with "
+                              f"'micronet-search export --trial N'")
+        return [trial_with_checkpoint(study, n) for n in numbers]
+    if top_k < 2:
+        raise ExportError(f"--top-k must be at least 2 (an ensemble of one is 'micronet-search export'), got {top_k}")
+    front = _front(study)
+    if top_k > len(front):
+        raise ExportError(f"--top-k {top_k}: the Pareto front of study {study.study_name!r} has only {len(front)} "
+                          f"member{'s' if len(front) != 1 else ''} (trials "
+                          f"{', '.join(str(t.number) for t in front)})")
+    ranked = sorted(front, key=lambda t: (-t.values[0], t.values[1], t.number))
+    return [_require_checkpoint(t) for t in ranked[:top_k]]
+
+
+def trial_with_checkpoint(study: optuna.Study, number: int) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    match = [t for t in trials if t.number == number]
+    if not match:
+        known = f"trials 0..{max(t.number for t in trials)}" if trials else "no trials"
+        raise ExportError(f"study {study.study_name!r} has no trial {number} ({known})")
+    return _require_checkpoint(match[0])
+
+
+def _require_checkpoint(t: FrozenTrial) -> FrozenTrial:
+    if t.state != TrialState.COMPLETE:
+        reason = t.user_attrs.get("pruned_reason")
+        why = f" (pruned_reason: {reason})" if reason else ""
+        raise ExportError(f"trial {t.number} is {t.state.name}{why}; only completed trials have a checkpoint")
+    if not t.user_attrs.get("checkpoint_artifact_id"):
+        raise ExportError(f"trial {t.number} is COMPLETE but has no checkpoint (no checkpoint_artifact_id user "
+                          f"attribute); it was not run by micronet-search")
+    return t
+
+
+def _front(study: optuna.Study) -> list[FrozenTrial]:
+    front = front_trials(study)
+    if not front:
+        raise ExportError(f"study {study.study_name!r} has no Pareto front yet: no feasible completed trial")
+    return front
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a trial's model
+
+
+def load_trial_model(study: optuna.Study, trial: FrozenTrial, workdir: str | Path) -> tuple[nn.Module, dict]:
+    """The trial's trained model (eval mode, CPU) with baked weights, and its checkpoint metadata.
+
+    The checkpoint is downloaded from the study's artifact store (the ``artifact_dir`` study attribute) into
+    ``workdir``.
+    """
+    _require_checkpoint(trial)
+    store_dir = study.user_attrs.get("artifact_dir")
+    if not store_dir:
+        raise ExportError(f"study {study.study_name!r} records no artifact_dir, so its checkpoints cannot be found; "
+                          f"was it created by 'micronet-search run'?")
+    if not Path(store_dir).is_dir():
+        raise ExportError(f"the artifact store {store_dir} of study {study.study_name!r} does not exist (moved, or "
+                          f"on another machine?)")
+    artifact_id = trial.user_attrs["checkpoint_artifact_id"]
+    where = Path(store_dir) / artifact_id
+    path = Path(workdir) / f"trial-{trial.number}.pt"
+    try:
+        optuna.artifacts.download_artifact(artifact_store=optuna.artifacts.FileSystemArtifactStore(store_dir),
+                                           artifact_id=artifact_id, file_path=str(path))
+    except Exception as e:
+        raise ExportError(f"cannot read the checkpoint of trial {trial.number} ({where}): "
+                          f"{type(e).__name__}") from None
+    try:
+        model, meta = load_candidate_checkpoint(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"trial {trial.number}: {str(e).replace(str(path), str(where))}") from None
+    bake_weights(model)
+    return model.eval(), meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The ensemble module
+
+
+class MajorityVote(nn.Module):
+    """Majority vote of member classifiers, as in seed 000: each member predicts independently (top-1).
+
+    The output is ``votes + summed_softmax / (members + 1)`` per class. Votes are whole numbers and the second term
+    lies in [0, 1), so ``argmax`` of the output is the class with the most votes, ties broken by the members'
+    summed softmax probabilities (and, if those tie exactly too, by the lower class index).
+    """
+
+    def __init__(self, members: Iterable[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        votes = torch.zeros(())
+        probs = torch.zeros(())
+        for member in self.members:
+            logits = member(x)
+            votes = votes + torch.zeros_like(logits).scatter(1, logits.argmax(1, keepdim=True), 1.0)
+            probs = probs + logits.softmax(1)
+        return votes + probs / (len(self.members) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exports
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` measured: test accuracy per reloaded format and the ONNX / torch difference."""
+
+    test_images: int
+    card_accuracy: float
+    accuracy: dict[str, float] = field(default_factory=dict)
+    onnx_reference: str | None = None   # the torch model the ONNX output was compared with
+    onnx_rule: str | None = None        # "strict" or "rounding-tolerant", see _compare_onnx
+    onnx_max_abs_diff: float | None = None
+    onnx_median_abs_diff: float | None = None  # median over the images of the max |difference| of each
+    onnx_images_over_tolerance: int | None = None
+    onnx_top1_agreement: float | None = None
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    card: dict
+    verify: VerifyReport | None = None
+
+
+def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"torchscript,onnx"`` or a list → a tuple in canonical order; unknown names raise ExportError."""
+    if formats is None:
+        return FORMATS
+    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+    if not names:
+        raise ExportError(f"give at least one format: {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, formats=FORMATS, force: bool = False,
+                 verify_export: bool = False, data_path: str | None = None) -> ExportResult:
+    """Export one trial's model into the folder ``out``.
+
+    Everything is checked (the folder, the trial, the checkpoint, the dataset) before anything is written, and the
+    folder appears only once complete. With ``verify_export`` the written files are reloaded and checked before
+    the folder is put in place; a mismatch raises :class:`VerificationError` and leaves ``out`` untouched.
+    """
+    formats = parse_formats(formats)
+    _check_onnx_packages(formats, verify_export)
+    out = check_out_dir(out, force)
+    _require_checkpoint(trial)
+    with tempfile.TemporaryDirectory(prefix="micronet-export-") as work:
+        model, meta = load_trial_model(study, trial, work)
+    data_config = _data_config(meta["data"], data_path)
+    data = load_test_data(data_config)
+    mean, std = meta["mean"], meta["std"]
+    test_accuracy = evaluate(model, data.x_test, data.y_test, mean, std)
+    card = {
+        "kind": "model", "study": study.study_name, "trial": trial.number,
+        "on_front": trial.number in {t.number for t in front_trials(study)},
+        "candidate": meta["candidate"], "num_classes": meta["num_classes"],
+        **_costs_card(study, trial, model),
+        "val_accuracy": trial.values[0], "test_accuracy": test_accuracy,
+        **_common_card(data_config, data, meta, formats, output="logits"),
+    }
+
+    def write(folder: Path) -> VerifyReport | None:
+        files = {}
+        if "state_dict" in formats:
+            torch.save(model.state_dict(), folder / STATE_DICT_FILE)
+            files["state_dict"] = STATE_DICT_FILE
+        files.update(_write_graphs(model, folder, formats, normalize(data.x_test[:2], mean, std), "logits"))
+        _finish_card(card, files)
+        _write_card(folder, card)
+        return verify(folder, data=data, reference=model) if verify_export else None
+
+    return ExportResult(out, card, _publish(out, force, write))
+
+
+def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: str | Path, formats=FORMATS,
+                    force: bool = False, verify_export: bool = False, data_path: str | None = None) -> ExportResult:
+    """Export the majority vote of ``members`` (see :class:`MajorityVote`) into the folder ``out``.
+
+    Writes the ensemble as one TorchScript and one ONNX graph, and each member's state dict under ``state_dicts/``.
+    The card lists the members and gives the ensemble's score by seed 000's convention: the sum of the members'
+    scores. Same checks and atomicity as :func:`export_model`.
+    """
+    formats = parse_formats(formats)
+    _check_onnx_packages(formats, verify_export)
+    out = check_out_dir(out, force)
+    if len(members) < 2:
+        raise ExportError(f"an ensemble needs at least 2 members, got {len(members)}")
+    for t in members:
+        _require_checkpoint(t)
+    with tempfile.TemporaryDirectory(prefix="micronet-export-") as work:
+        loaded = [load_trial_model(study, t, work) for t in members]
+    meta = loaded[0][1]
+    for t, (_, other) in zip(members[1:], loaded[1:], strict=True):
+        for key in ("num_classes", "data", "mean", "std"):
+            if other[key] != meta[key]:
+                raise ExportError(f"trials {members[0].number} and {t.number} were trained on different data "
+                                  f"({key} differs); ensemble members must share the dataset")
+    data_config = _data_config(meta["data"], data_path)
+    data = load_test_data(data_config)
+    mean, std = meta["mean"], meta["std"]
+    ensemble = MajorityVote([m for m, _ in loaded]).eval()
+    front = {t.number for t in front_trials(study)}
+    rows = []
+    for t, (model, m_meta) in zip(members, loaded, strict=True):
+        rows.append({
+            "trial": t.number, "on_front": t.number in front, "candidate": m_meta["candidate"],
+            **_costs_card(study, t, model), "val_accuracy": t.values[0],
+            "test_accuracy": evaluate(model, data.x_test, data.y_test, mean, std),
+        })
+    card = {
+        "kind": "ensemble", "study": study.study_name, "trials": [t.number for t in members],
+        "num_classes": meta["num_classes"], "vote": VOTE_RULE,
+        "score": sum(r["score"] for r in rows), "score_convention": SCORE_CONVENTION,
+        "measured_score": _sum_or_none(r["measured_score"] for r in rows),
+        "complexity": {k: _sum_or_none(r["complexity"][k] for r in rows) for k in rows[0]["complexity"]},
+        "val_accuracy": evaluate(ensemble, data.x_val, data.y_val, mean, std),
+        "val_accuracy_note": "the vote's accuracy on the validation split, measured at export",
+        "test_accuracy": evaluate(ensemble, data.x_test, data.y_test, mean, std),
+        "members": rows,
+        **_common_card(data_config, data, meta, formats, output="scores"),
+    }
+
+    def write(folder: Path) -> VerifyReport | None:
+        files = {}
+        if "state_dict" in formats:
+            (folder / MEMBERS_DIR).mkdir()
+            for row, (model, _) in zip(rows, loaded, strict=True):
+                name = f"{MEMBERS_DIR}/trial-{row['trial']}.pt"
+                torch.save(model.state_dict(), folder / name)
+                row["state_dict"] = name
+            files["state_dict"] = MEMBERS_DIR
+        files.update(_write_graphs(ensemble, folder, formats, normalize(data.x_test[:2], mean, std), "scores"))
+        _finish_card(card, files)
+        _write_card(folder, card)
+        return verify(folder, data=data, reference=ensemble) if verify_export else None
+
+    return ExportResult(out, card, _publish(out, force, write))
+
+
+def _sum_or_none(values: Iterable):
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _data_config(values: dict, data_path: str | None) -> dict:
+    values = dict(values)
+    if data_path is not None:
+        values["path"] = str(data_path)
+    return values
+
+
+def load_test_data(data_config: dict) -> Splits:
+    """The dataset of a checkpoint or card (its ``data`` mapping), loaded on the CPU."""
+    return load_data(from_mapping(DataConfig, dict(data_config), "checkpoint data"))
+
+
+def _reference(study: optuna.Study) -> ScoreReference:
+    values = (study.user_attrs.get("micronet_config") or {}).get("reference")
+    return from_mapping(ScoreReference, values, "study reference") if values else ScoreReference()
+
+
+def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> dict:
+    """Bit widths, counts and both scores with their terms, from the trial's records."""
+    a = trial.user_attrs
+    compression = Compression(**(a.get("candidate") or {}).get("compression", {}))
+    qw, qa = quantization_of(model)
+    reference = _reference(study)
+    counts = {k: a.get(k) for k in ("dense_params", "dense_macs", "compressed_params", "compressed_macs",
+                                     "nonzero_params")}
+    counts["exported_nonzero_params"] = count_nonzero_params(model)  # quantization can round more weights to 0
+    card = {"bits": {"qw": qw, "qa": qa}, "pruning": {"ps": compression.ps, "pu": compression.pu},
+            "complexity": counts, "score": trial.values[1], "score_terms": None,
+            "measured_score": a.get("measured_score"), "measured_score_terms": None,
+            "score_reference": {"params": reference.params, "macs": reference.macs}}
+    if counts["dense_params"] is not None and counts["dense_macs"] is not None:
+        s = compute_score(counts["dense_params"], counts["dense_macs"], compression, reference)
+        card["score_terms"] = {"param_term": s.param_term, "macs_term": s.macs_term}
+    if counts["nonzero_params"] is not None and counts["compressed_macs"] is not None:
+        s = compute_score(counts["nonzero_params"], counts["compressed_macs"],
+                          Compression(qw=compression.qw, qa=compression.qa), reference)
+        card["measured_score_terms"] = {"param_term": s.param_term, "macs_term": s.macs_term}
+    return card
+
+
+def _common_card(data_config: dict, data: Splits, meta: dict, formats: Sequence[str], output: str) -> dict:
+    versions = {"micronet-search": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
+                "python": platform.python_version()}
+    if "onnx" in formats:
+        import onnx
+
+        versions["onnx"] = onnx.__version__
+    return {
+        "test_images": len(data.y_test),
+        "dataset": {"name": data_config.get("name"), "num_classes": data.num_classes, "config": data_config,
+                    "test_split": "the dataset's test split (never seen by the search)"},
+        "preprocessing": {"input_shape": [3, 32, 32], "input_dtype": "float32", "layout": "NCHW",
+                          "pixels": "uint8 RGB", "scale": "1/255", "mean": list(meta["mean"]),
+                          "std": list(meta["std"]), "steps": PREPROCESSING},
+        "input_name": "input", "output_name": output,
+        "output": ("N×classes logits; argmax is the predicted class" if output == "logits" else
+                   "N×classes vote scores; argmax is the majority vote"),
+        "versions": versions,
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _finish_card(card: dict, files: dict) -> None:
+    card["files"] = files
+    card["how_to_load"] = how_to_load(card)
+
+
+def how_to_load(card: dict) -> dict:
+    """A Python snippet per written format (also in the README)."""
+    mean, std = card["preprocessing"]["mean"], card["preprocessing"]["std"]
+    prep = (f"x = torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2).float() / 255; "
+            f"x = (x - torch.tensor({_fmt(mean)}).view(1, 3, 1, 1)) / torch.tensor({_fmt(std)}).view(1, 3, 1, 1)")
+    out = card["output_name"]
+    snippets = {"preprocessing": prep}
+    files = card.get("files", {})
+    if "torchscript" in files:
+        snippets["torchscript"] = f"model = torch.jit.load('{files['torchscript']}'); {out} = model(x)"
+    if "onnx" in files:
+        snippets["onnx"] = (f"session = onnxruntime.InferenceSession('{files['onnx']}'); "
+                            f"{out} = session.run(None, {{'input': x.numpy()}})[0]")
+    if "state_dict" in files:
+        snippets["state_dict"] = (f"from search.export import load_state_dict_model; "
+                                  f"model = load_state_dict_model('.'); {out} = model(x)  (run in this folder)")
+    return snippets
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.6f}" for v in values) + "]"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
+    needed = (["onnx"] if "onnx" in formats else []) + (["onnxruntime"] if "onnx" in formats and verify_export else [])
+    for name in needed:
+        try:
+            __import__(name)
+        except ImportError:
+            raise ExportError(f"the onnx format needs the {name} package: python3 -m pip install {name} (or leave "
+                              f"onnx out of --format)") from None
+
+
+def _write_graphs(model: nn.Module, folder: Path, formats: Sequence[str], example: torch.Tensor,
+                  output: str) -> dict:
+    files = {}
+    model.eval()
+    with warnings.catch_warnings():
+        # torch.jit.trace and the TorchScript-based ONNX exporter still work in torch 2.14 but warn that they
+        # are deprecated; the user can do nothing about it here.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if "torchscript" in formats:
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example, check_trace=False)  # verify() checks it
+            traced.save(str(folder / TORCHSCRIPT_FILE))
+            files["torchscript"] = TORCHSCRIPT_FILE
+        if "onnx" in formats:
+            torch.onnx.export(model, (example,), str(folder / ONNX_FILE), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=[output],
+                              dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
+            files["onnx"] = ONNX_FILE
+    return files
+
+
+def _write_card(folder: Path, card: dict) -> None:
+    (folder / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / README).write_text(readme(card), encoding="utf-8")
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """The absolute output folder, if it can be written: new, empty, or (with ``force``) an earlier export.
+
+    ``force`` replaces only a folder that holds a ``model_card.json``, so a mistyped ``--out`` cannot wipe out
+    an unrelated folder.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(f"--out {out} exists and is not a folder")
+        entries = list(out.iterdir())
+        if entries:
+            if not force:
+                raise ExportError(f"--out {out} exists and is not empty ({len(entries)} entries); pass --force to "
+                                  f"replace an earlier export")
+            if not (out / CARD).is_file():
+                raise ExportError(f"--out {out} is not empty and holds no {CARD}, so it is not an earlier export; "
+                                  f"--force replaces only exports: choose a new or empty folder")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot create --out {out}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot create --out {out}: {ancestor} is not writable")
+    return out
+
+
+def _publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]) -> VerifyReport | None:
+    """Run ``write`` on a temporary sibling folder of ``out``, then rename it to ``out``; clean up on failure."""
+    created = []  # parent folders made here, removed again on failure
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    tmp = None
+    try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        except OSError as e:
+            raise ExportError(f"cannot write --out {out}: {e.strerror or e}") from None
+        try:
+            report = write(tmp)
+        except VerificationError as e:
+            raise VerificationError(f"{e}; nothing was written to {out}") from None
+        except OSError as e:
+            raise ExportError(f"cannot write --out {out}: {e.strerror or e}") from None
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        check_out_dir(out, force)  # again: something may have appeared there meanwhile
+        _swap(tmp, out)
+        tmp = None
+        return report
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / "export"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    finally:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reloading and verifying
+
+
+def read_card(folder: str | Path) -> dict:
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise ExportError(f"{folder} holds no {CARD}; is it a micronet-search export?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON: {e}") from None
+
+
+def load_state_dict_model(folder: str | Path) -> nn.Module:
+    """Rebuild an exported model (or ensemble) from its state dicts and card, in eval mode on the CPU.
+
+    The model is rebuilt as the checkpoint was (build, structured pruning, quantization), its weights are baked
+    like the export's, and the state dict is loaded.
+    """
+    folder = Path(folder)
+    card = read_card(folder)
+    if "state_dict" not in card.get("files", {}):
+        raise ExportError(f"{folder} has no state dict export (formats: {', '.join(card.get('files', {}))})")
+    if card["kind"] == "ensemble":
+        members = [_rebuild_baked(m["candidate"], card["num_classes"], folder / m["state_dict"])
+                   for m in card["members"]]
+        return MajorityVote(members).eval()
+    return _rebuild_baked(card["candidate"], card["num_classes"], folder / card["files"]["state_dict"])
+
+
+def _rebuild_baked(candidate: dict, num_classes: int, path: Path) -> nn.Module:
+    model = bake_weights(rebuild(Candidate.from_dict(candidate), num_classes))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def onnx_predict(path: str | Path, x: torch.Tensor, mean, std, batch_size: int = 512) -> torch.Tensor:
+    """Outputs of an exported ONNX model for uint8 images N×3×32×32, through onnxruntime on the CPU."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out = [session.run(None, {name: normalize(x[i:i + batch_size], mean, std).numpy()})[0]
+           for i in range(0, len(x), batch_size)]
+    return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0)
+
+
+def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module | None = None,
+           data_path: str | None = None) -> VerifyReport:
+    """Reload every artifact in ``folder`` and re-evaluate it on the test split against the card.
+
+    Each format's test accuracy must be within 0.5 % (absolute) of the card's, and the ONNX output must match the
+    torch output within 1e-3 (see :func:`_compare_onnx` for models with quantized activations): the output of
+    ``reference`` when given (the in-memory model at export), else of the state dict model, else of the TorchScript
+    one. A mismatch raises :class:`VerificationError` naming all of them.
+    """
+    folder = Path(folder)
+    card = read_card(folder)
+    files = card.get("files", {})
+    if data is None:
+        data = load_test_data(_data_config(card["dataset"]["config"], data_path))
+    x, y = data.x_test, data.y_test
+    mean, std = card["preprocessing"]["mean"], card["preprocessing"]["std"]
+    expected = card["test_accuracy"]
+    report = VerifyReport(len(y), expected)
+    if len(y) != card["test_images"]:
+        raise VerificationError(f"the test split has {len(y)} images, the card says {card['test_images']}: "
+                                f"not the dataset the model was exported with")
+    outputs: dict[str, torch.Tensor] = {}
+    if "state_dict" in files:
+        outputs["state_dict"] = predict(load_state_dict_model(folder), x, mean, std)
+    if "torchscript" in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
+            scripted = torch.jit.load(str(folder / files["torchscript"]), map_location="cpu")
+        outputs["torchscript"] = predict(scripted, x, mean, std)
+    if "onnx" in files:
+        outputs["onnx"] = onnx_predict(folder / files["onnx"], x, mean, std)
+    problems = []
+    for name, logits in outputs.items():
+        accuracy = (logits.argmax(1) == y).float().mean().item()
+        report.accuracy[name] = accuracy
+        if abs(accuracy - expected) > ACCURACY_TOLERANCE:
+            problems.append(f"{name} test accuracy {accuracy:.4f} is not within {ACCURACY_TOLERANCE:.1%} of the "
+                            f"card's {expected:.4f}")
+    if "onnx" in outputs:
+        if reference is not None:
+            report.onnx_reference, torch_out = "torch", predict(reference, x, mean, std)
+        else:
+            report.onnx_reference = next((k for k in ("state_dict", "torchscript") if k in outputs), None)
+            torch_out = outputs.get(report.onnx_reference)
+        if torch_out is not None and len(y):
+            problems += _compare_onnx(report, card, outputs["onnx"], torch_out)
+    if problems:
+        raise VerificationError("verification failed: " + "; ".join(problems))
+    return report
+
+
+def _compare_onnx(report: VerifyReport, card: dict, onnx_out: torch.Tensor, torch_out: torch.Tensor) -> list[str]:
+    """Check the ONNX outputs against torch's; fills ``report`` and returns the problems found.
+
+    A model whose activations stay float (qa >= 16) is continuous, so every output must agree within 1e-3.
+    Activations fake-quantized to 8 bits or fewer (and an ensemble's votes) are step functions: where a value
+    lies at a rounding boundary, the last-bit differences between ONNX Runtime's and torch's convolutions can
+    round it to the neighbouring level, which moves that image's outputs by about one quantization step (1e-3 on
+    small models, one vote for an ensemble) although the graphs are the same. For those the typical image must
+    agree within 1e-3 (median over the images of the max |difference|) and the predicted classes must agree on
+    99 % of the images; an export bug (wrong weights, a missing quantizer) moves every image.
+    """
+    per_image = (onnx_out - torch_out).abs().amax(1)
+    report.onnx_max_abs_diff = per_image.max().item()
+    report.onnx_median_abs_diff = per_image.median().item()
+    report.onnx_images_over_tolerance = int((per_image > LOGIT_TOLERANCE).sum())
+    report.onnx_top1_agreement = (onnx_out.argmax(1) == torch_out.argmax(1)).float().mean().item()
+    output, ref = card["output_name"], report.onnx_reference
+    report.onnx_rule = "strict" if card["kind"] == "model" and card["bits"]["qa"] >= 16 else "rounding-tolerant"
+    if report.onnx_rule == "strict":
+        if not report.onnx_max_abs_diff <= LOGIT_TOLERANCE:
+            return [f"ONNX {output} differ from {ref}'s by up to {report.onnx_max_abs_diff:.3g} "
+                    f"(> {LOGIT_TOLERANCE:g}) on {report.onnx_images_over_tolerance} of {len(per_image)} images"]
+        return []
+    problems = []
+    if not report.onnx_median_abs_diff <= LOGIT_TOLERANCE:
+        problems.append(f"ONNX {output} differ from {ref}'s by {report.onnx_median_abs_diff:.3g} "
+                        f"(> {LOGIT_TOLERANCE:g}) on the median image")
+    if report.onnx_top1_agreement < TOP1_AGREEMENT:
+        problems.append(f"ONNX and {ref} predict the same class for only {report.onnx_top1_agreement:.2%} of the "
+                        f"images (< {TOP1_AGREEMENT:.0%})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The README of an export
+
+
+def readme(card: dict) -> str:
+    files = card.get("files", {})
+    p = card["preprocessing"]
+    out = card["output_name"]
+    if card["kind"] == "ensemble":
+        title = f"# Majority-vote ensemble of trials {', '.join(map(str, card['trials']))} of study {card['study']}"
+        about = [f"{VOTE_RULE[0].upper()}{VOTE_RULE[1:]}.", "",
+                 f"Score: {card['score']:.6g} ({SCORE_CONVENTION}). Validation accuracy of the vote "
+                 f"{card['val_accuracy']:.4f}, test accuracy {card['test_accuracy']:.4f} "
+                 f"({card['test_images']} test images).", "",
+                 "| trial | arch | qw | qa | score | val acc | test acc |", "|---:|---|---:|---:|---:|---:|---:|"]
+        about += [f"| {m['trial']} | {m['candidate']['arch']} | {m['bits']['qw']} | {m['bits']['qa']} | "
+                  f"{m['score']:.6g} | {m['val_accuracy']:.4f} | {m['test_accuracy']:.4f} |" for m in card["members"]]
+    else:
+        c = card["candidate"]
+        title = f"# Trial {card['trial']} of study {card['study']}"
+        about = [f"{c['arch']} (width {c['width']}, groups {c['groups']}, depthwise {c['depthwise']}), pruned "
+                 f"ps={card['pruning']['ps']:.3g} pu={card['pruning']['pu']:.3g}, weights {card['bits']['qw']} bits "
+                 f"(baked in), activations {card['bits']['qa']} bits (fake-quantized in the graph).", "",
+                 f"Score {card['score']:.6g} (measured {_g(card['measured_score'])}); validation accuracy "
+                 f"{card['val_accuracy']:.4f} (from the study), test accuracy {card['test_accuracy']:.4f} "
+                 f"({card['test_images']} test images, measured at export)."]
+    lines = [title, "", *about, "", "## Input", "",
+             "A float32 tensor N×3×32×32 (NCHW), from uint8 RGB images: divide by 255, then subtract the mean and "
+             "divide by the std per channel (0..1 scale):", "",
+             f"- mean: {_fmt(p['mean'])}", f"- std: {_fmt(p['std'])}", "",
+             "```python", "import torch", "", "# images_uint8_nhwc: N×32×32×3 uint8 RGB",
+             "x = torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2).float() / 255",
+             f"x = (x - torch.tensor({_fmt(p['mean'])}).view(1, 3, 1, 1)) / torch.tensor({_fmt(p['std'])})"
+             f".view(1, 3, 1, 1)", "```", "",
+             f"Output `{out}`: {card['output']}.", "", "## Loading", ""]
+    if "torchscript" in files:
+        lines += ["TorchScript (needs only torch):", "", "```python",
+                  f"model = torch.jit.load('{files['torchscript']}')", f"{out} = model(x)", "```", ""]
+    if "onnx" in files:
+        lines += ["ONNX (onnxruntime; input name `input`, batch size free):", "", "```python", "import onnxruntime",
+                  "", f"session = onnxruntime.InferenceSession('{files['onnx']}')",
+                  f"{out} = session.run(None, {{'input': x.numpy()}})[0]", "```", ""]
+    if "state_dict" in files:
+        lines += ["State dict (needs micronet-search: the model is rebuilt from the candidate config in "
+                  f"`{CARD}`, pruned to the same shapes, quantized, baked, then loaded):", "", "```python",
+                  "from search.export import load_state_dict_model", "",
+                  "model = load_state_dict_model('.')  # this folder", f"{out} = model(x)", "```", ""]
+    lines += ["Check everything again on the test split:", "", "```python", "from search.export import verify", "",
+              "print(verify('.'))", "```", "", f"Full details: `{CARD}`.", ""]
+    return "\n".join(lines)
+
+
+def _g(value) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+__all__ = [
+    "FORMATS", "ExportError", "ExportResult", "MajorityVote", "VerificationError", "VerifyReport", "check_out_dir",
+    "export_ensemble", "export_model", "knee_trial", "load_state_dict_model", "load_test_data", "load_trial_model",
+    "onnx_predict", "parse_formats", "read_card", "select_members", "select_trial", "verify",
+]
