@@ -97,7 +97,9 @@ def main() -> None:
         f"\n## Pareto-aware early stopping ({datetime.date.today().isoformat()})\n",
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, optuna {optuna.__version__}. "
         f"Command: `{command.strip()}`. Study {Path(args.study).name}, {args.n_trials} trials, the same candidates "
-        f"in both arms (random sampler, seed {args.seed}); hypervolume over feasible trials, reference corner "
+        f"in both arms (random sampler, seed {args.seed}); pruner: warmup_epochs {base.warmup_epochs}, "
+        f"min_trials {base.min_trials}, percentile {base.percentile:g}, skip_dominated (skip_accuracy "
+        f"{base.skip_accuracy:g}); hypervolume over feasible trials, reference corner "
         f"(accuracy {floor:g}, score {ref:.4g}).\n",
         "| arm | epochs trained | complete | pruned | wall s | hypervolume |",
         "|---|---:|---:|---:|---:|---:|",

@@ -7,6 +7,7 @@ its score before training, trains it with Pareto-aware early stopping, and store
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -209,7 +210,9 @@ def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int
                            f"{', '.join(sorted(existing)) or 'none'}")
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
                                 sampler=cfg.sampler.build())
-    study.set_metric_names(["val_accuracy", "score"])  # axis names in the dashboard and plots
+    with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_accuracy", "score"])  # axis names in the dashboard and plots
     study.set_user_attr("micronet_fingerprint", fingerprint)
     study.set_user_attr("micronet_config", json.loads(json.dumps(to_mapping(cfg), default=str)))
     study.set_user_attr("artifact_dir", str(cfg.artifact_dir.resolve()))
