@@ -7,6 +7,7 @@ Augmentation works on whole batches with tensor ops (airbench style): no PIL, no
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -331,10 +332,17 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return x.gather(3, cols.expand(n, c, h, w))
 
 
+@functools.lru_cache(maxsize=16)
+def _pixel_stats(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Made once per (stats, device): building them per batch would copy host → GPU on every training step.
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return m, s
+
+
 def normalize(x: torch.Tensor, mean, std, dtype=torch.float32, channels_last: bool = False) -> torch.Tensor:
     """uint8 B×3×H×W → normalized float batch."""
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    m, s = _pixel_stats(tuple(mean), tuple(std), x.device)
     out = ((x.float() - m) / s).to(dtype)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
