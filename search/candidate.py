@@ -8,6 +8,7 @@ removed; masks are made permanent at the end.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -126,22 +127,44 @@ class CandidateResult:
         }
 
 
+StateCallback = Callable[[int, Callable[[], dict]], None]
+
+
 def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
                   on_epoch: EpochCallback | None = None, test: bool = False,
-                  reference: ScoreReference = ScoreReference()) -> CandidateResult:
+                  reference: ScoreReference = ScoreReference(), resume: dict | None = None,
+                  on_state: StateCallback | None = None) -> CandidateResult:
     """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
 
     ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
+    ``on_state(epoch, get_state)`` is called after every epoch; ``get_state()`` builds a resumable state, and
+    ``resume=`` such a state continues the run where it was taken, with the same result as an uninterrupted run.
     """
     start = time.perf_counter()
     torch.manual_seed(candidate.train.seed)
     model = candidate.build(data.num_classes).to(data.device)
     dense = measure(model)
-    trainer = Trainer(model, data, candidate.train, teacher, candidate.distillation, on_epoch)
-    trainer.run(candidate.dense_epochs)
+    phase = "dense"
+    if resume is not None and resume["phase"] == "compressed":
+        # the saved weights have the compressed structure; pruning an untrained copy gives the same shapes
+        model, phase = compress(model, candidate.compression), "compressed"
+
+    def epoch_done(report: EpochReport) -> None:
+        if on_epoch is not None:
+            on_epoch(report)
+        if on_state is not None:
+            on_state(report.epoch, lambda: {**trainer.state_dict(), "phase": phase})
+
+    trainer = Trainer(model, data, candidate.train, teacher, candidate.distillation, epoch_done)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    if phase == "dense":
+        trainer.run(max(0, candidate.dense_epochs - trainer.epoch))
     if candidate.dense_epochs < candidate.train.epochs:
-        trainer.model = model = compress(model, candidate.compression)
-        trainer.reset_optimizer()
+        if phase == "dense":
+            trainer.model = model = compress(model, candidate.compression)
+            trainer.reset_optimizer()
+            phase = "compressed"
         trainer.run()
         make_permanent(model)
     compressed = measure(model)

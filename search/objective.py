@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -19,18 +21,35 @@ from search.study import LoadedStudy, candidate_from
 from search.train import EpochReport, NonFiniteLossError
 
 ACCURACY_FLOOR = "accuracy_floor"
+RESUME = "resume"  # user attribute: {"artifact_id", "epoch"} of the trial's last epoch checkpoint
 
 
 class Objective:
     """The study's objective: returns (validation accuracy, score) or raises ``optuna.TrialPruned``."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
-                 artifact_store, stopper: EarlyStopper, on_epoch=None):
+                 artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None):
         self.loaded, self.config, self.space = loaded, loaded.config, loaded.space
         self.data, self.teacher, self.artifact_store, self.stopper = data, teacher, artifact_store, stopper
         self.on_epoch = on_epoch  # progress display: (trial number, EpochReport)
+        self.on_start = on_start  # called once Optuna has created the trial (the runner's claim is released)
+        self.worker = worker
+        self.current_trial_id: int | None = None
 
     def __call__(self, trial: optuna.Trial):
+        self.current_trial_id = trial._trial_id
+        if self.on_start is not None:
+            self.on_start()
+        try:
+            values = self._run(trial)
+        except Exception:  # finished one way or another (pruned, failed): its resume checkpoint is no use now
+            self._drop_resume(trial)
+            raise
+        # KeyboardInterrupt (Ctrl-C, SIGTERM) passes by: the trial is queued again and resumes from the checkpoint
+        self._drop_resume(trial)
+        return values
+
+    def _run(self, trial: optuna.Trial):
         start = time.perf_counter()
         values = self.space.sample(trial)
         try:
@@ -48,6 +67,8 @@ class Objective:
             "nonzero_params": cost.compressed.nonzero_params, "course_score": score,
             "measured_score": cost.measured_score.total, "device": str(self.data.device),
         })
+        if self.worker:
+            trial.set_user_attr("worker", self.worker)
         reason = self._dominated_before_training(trial, score)
         if reason:
             _prune(trial, reason)
@@ -66,9 +87,15 @@ class Objective:
                 _record(trial, {"wall_s": time.perf_counter() - start})
                 _prune(trial, why)
 
+        def on_state(epoch: int, get_state) -> None:
+            every = self.config.checkpoint_every
+            if every and epoch % every == 0 and epoch < candidate.train.epochs:
+                self._save_resume(trial, candidate, epoch, get_state())
+
+        resume = self._resume_state(trial, candidate)
         try:
             result = run_candidate(candidate, self.data, self.teacher, on_epoch=on_epoch,
-                                   reference=self.config.reference)
+                                   reference=self.config.reference, resume=resume, on_state=on_state)
         except NonFiniteLossError as e:
             _prune(trial, str(e))
         _record(trial, {
@@ -81,6 +108,47 @@ class Objective:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
         self._save_checkpoint(trial, candidate, result)
         return result.val_accuracy, score
+
+    def _save_resume(self, trial, candidate: Candidate, epoch: int, state: dict) -> None:
+        """Write the trial's state after ``epoch`` to the artifact store, then point the trial at it: a worker killed
+        while writing leaves the previous checkpoint in charge."""
+        buffer = io.BytesIO()
+        torch.save({**state, "candidate": candidate.to_dict()}, buffer)
+        buffer.seek(0)
+        artifact_id = f"resume-{uuid.uuid4().hex}"
+        self.artifact_store.write(artifact_id, buffer)
+        previous = trial.user_attrs.get(RESUME)
+        trial.set_user_attr(RESUME, {"artifact_id": artifact_id, "epoch": epoch})
+        if previous:
+            self._remove(previous["artifact_id"])
+
+    def _resume_state(self, trial, candidate: Candidate) -> dict | None:
+        """The last epoch checkpoint of the trial this one retries, if there is one and it can be read."""
+        pointer = trial.user_attrs.get(RESUME)  # copied from the failed trial by the retry callback
+        if not pointer or trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial") is None:
+            return None
+        try:
+            with self.artifact_store.open_reader(pointer["artifact_id"]) as f:
+                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except Exception as e:  # missing or torn file: start again from epoch 0
+            trial.set_user_attr("resume_error", f"{type(e).__name__}: {e}"[:200])
+            return None
+        if state.get("candidate") != candidate.to_dict():
+            return None
+        trial.set_user_attr("resumed_from_epoch", pointer["epoch"])
+        return state
+
+    def _drop_resume(self, trial) -> None:
+        pointer = trial.user_attrs.get(RESUME)
+        if pointer:
+            self._remove(pointer["artifact_id"])
+            trial.set_user_attr(RESUME, None)
+
+    def _remove(self, artifact_id: str) -> None:
+        try:
+            self.artifact_store.remove(artifact_id)
+        except Exception:
+            pass  # already gone (another retry of the same trial removed it)
 
     def _finished(self, trial) -> list[Finished]:
         done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -4,12 +4,14 @@ everything we print, unreachable databases reported in one line, and the artifac
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
 from search.errors import MicronetError
+from search.locks import study_lock
 
 ENV_STORAGE = "MICRONET_STORAGE"
 
@@ -38,8 +40,21 @@ def mask(url: str) -> str:
         return url.split("://", 1)[0] + "://***"
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None):
-    """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH`` (a journal file)."""
+def retry_callback(max_retry: int):
+    """Re-queue a trial whose worker died (or was stopped) with its parameters, user attributes (the pointer to
+    its last epoch checkpoint among them) and learning curve, at most ``max_retry`` times."""
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, the documented way to retry stale trials
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retry: int = 2):
+    """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH`` (a journal file).
+
+    With ``heartbeat_interval`` (RDB storages only: Optuna's journal storage has no heartbeats) a running trial
+    whose worker stops beating for ``grace_period`` seconds is marked FAILED and re-queued.
+    """
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -47,21 +62,86 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    kwargs: dict = {}
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) and not str(path).startswith(":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {}
+    elif url.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres", "mysql", "mariadb"):
+        # fail in seconds, not after the operating system's two-minute TCP timeout, when the host does not answer
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     if heartbeat_interval:
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                          heartbeat_stale_trial_callback=retry_callback(max_retry))
     try:
-        return optuna.storages.RDBStorage(url, **kwargs)
+        # several workers opening a new database at once would race to create Optuna's tables
+        with study_lock(url, "micronet:create-tables"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
     except MicronetError:
         raise
     except Exception as e:
-        raise StorageError(f"cannot open storage {mask(url)}: {_reason(e)}; check the URL, that the server runs and "
-                           f"the database exists (set it with --storage or {ENV_STORAGE})") from None
+        raise StorageError(describe_failure(url, e)) from None
+
+
+CONNECT_TIMEOUT_S = 10
+
+# (what the driver says, what it means, how to fix it); {host}, {port}, {user}, {database} come from the URL
+_FAILURES = (
+    (("could not translate host name", "name or service not known", "unknown mysql server host",
+      "nodename nor servname", "temporary failure in name resolution", "getaddrinfo failed"),
+     "host {host} is unknown", "check the host name in the storage URL"),
+    (("connection refused", "can't connect", "timeout expired", "timed out", "no route to host",
+      "network is unreachable", "could not connect"),
+     "no database server answers at {host}:{port}",
+     "start it (scripts/start_postgres.sh for a local PostgreSQL) or fix the host and port in the storage URL"),
+    (("password authentication failed", "access denied", "authentication failed", "no password supplied",
+      "role \"", "no pg_hba.conf entry"),
+     "{host} refused user {user}", "check the user name and password in the storage URL"),
+    (("does not exist", "unknown database"),
+     "database {database} does not exist on {host}",
+     "create it ({create}) or fix its name in the storage URL"),
+)
+
+
+def describe_failure(url: str, error: Exception) -> str:
+    """One line: which storage (password masked), what went wrong, how to fix it."""
+    reason = scrub(_reason(error), url)
+    lowered = reason.lower()
+    parts = _url_parts(url)
+    for needles, what, fix in _FAILURES:
+        if any(n in lowered for n in needles):
+            return f"cannot open storage {mask(url)}: {what.format(**parts)}; {fix.format(**parts)}"
+    return (f"cannot open storage {mask(url)}: {reason}; check the URL, that the server runs and the database exists "
+            f"(set it with --storage or {ENV_STORAGE})")
+
+
+def _url_parts(url: str) -> dict:
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        default_port = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(u.get_backend_name(), "")
+        host, db = u.host or "localhost", u.database or "(none)"
+        create = (f"createdb -h {host} {db}" if u.get_backend_name() == "postgresql"
+                  else f"mysql -h {host} -e 'CREATE DATABASE {db}'")
+        return {"host": host, "port": u.port or default_port, "user": u.username or "(none)", "database": db,
+                "create": create}
+    except Exception:
+        return {"host": "?", "port": "?", "user": "?", "database": "?", "create": "CREATE DATABASE"}
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the URL's password replaced by ***, wherever a driver repeated it."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def _reason(e: Exception) -> str:

@@ -68,6 +68,26 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True)
+class HeartbeatConfig:
+    """Fault tolerance for workers (RDB storages): a running trial beats every ``interval`` seconds; one silent for
+    ``grace_period`` seconds (its worker was killed, its machine lost) is marked FAILED and re-run with the same
+    parameters, at most ``max_retry`` times, resuming from its last epoch checkpoint."""
+
+    interval: int = 60           # 0 switches heartbeats off
+    grace_period: int = 180
+    max_retry: int = 2
+
+    def __post_init__(self):
+        for key in ("interval", "grace_period", "max_retry"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"heartbeat {key} must be an integer >= 0, got {value!r}")
+        if self.interval and self.grace_period <= self.interval:
+            raise ConfigError(f"heartbeat grace_period ({self.grace_period} s) must be longer than the interval "
+                              f"({self.interval} s), or a live trial would be taken for a dead one")
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str
     space: str = "spaces/micronet.yaml"
@@ -85,6 +105,8 @@ class StudyConfig:
     device: str = "auto"
     reference: ScoreReference = field(default_factory=ScoreReference)
     enqueue: list = field(default_factory=list)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -96,6 +118,9 @@ class StudyConfig:
             raise ConfigError(f"n_trials must be an integer >= 1, got {self.n_trials!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ConfigError(f"timeout must be a number of seconds > 0, got {self.timeout!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be an integer >= 0 (epochs), got {self.checkpoint_every!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
 
@@ -182,11 +207,14 @@ def _blocks(value) -> list[int]:
     return list(value)
 
 
-def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int | None = None,
-               grace_period: int | None = None) -> optuna.Study:
-    """Create the study or load it to resume; refuse one stored with other directions or another space."""
+def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
+    """Create the study or load it to resume; refuse one stored with other directions or another space.
+
+    Workers starting together may all try to create it: the ones that lose the race load the winner's.
+    """
     cfg = loaded.config
-    storage = open_storage(loaded.storage_url, heartbeat_interval, grace_period)
+    hb = cfg.heartbeat
+    storage = open_storage(loaded.storage_url, hb.interval or None, hb.grace_period or None, hb.max_retry)
     space = to_mapping(loaded.space)
     space.pop("source")  # where the file was read from does not change the space
     fingerprint = json.dumps({"space": space, "directions": list(DIRECTIONS)}, sort_keys=True, default=str)
@@ -195,21 +223,16 @@ def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int
     except Exception as e:
         raise StorageError(f"cannot read studies from {mask(loaded.storage_url)}: {e}") from None
     if cfg.name in existing:
-        summary = existing[cfg.name]
-        directions = tuple(d.name.lower() for d in summary.directions)
-        if directions != DIRECTIONS:
-            raise ConfigError(f"study {cfg.name!r} in {mask(loaded.storage_url)} has directions "
-                              f"{', '.join(directions)}, not maximize accuracy, minimize score; use another name")
-        stored = summary.user_attrs.get("micronet_fingerprint")
-        if stored is not None and stored != fingerprint:
-            raise ConfigError(f"study {cfg.name!r} in {mask(loaded.storage_url)} was created with another search "
-                              f"space; use another study name or the space it was made with")
+        _check_compatible(loaded, existing[cfg.name], fingerprint)
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=cfg.sampler.build())
     if not create:
         raise StorageError(f"no study {cfg.name!r} in {mask(loaded.storage_url)}; known: "
                            f"{', '.join(sorted(existing)) or 'none'}")
-    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
-                                sampler=cfg.sampler.build())
+    try:
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
+                                    sampler=cfg.sampler.build())
+    except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
+        return optuna.load_study(study_name=cfg.name, storage=storage, sampler=cfg.sampler.build())
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_accuracy", "score"])  # axis names in the dashboard and plots
@@ -219,3 +242,15 @@ def open_study(loaded: LoadedStudy, create: bool = True, heartbeat_interval: int
     for params in cfg.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def _check_compatible(loaded: LoadedStudy, summary, fingerprint: str) -> None:
+    name, where = loaded.config.name, mask(loaded.storage_url)
+    directions = tuple(d.name.lower() for d in summary.directions)
+    if directions != DIRECTIONS:
+        raise ConfigError(f"study {name!r} in {where} has directions {', '.join(directions)}, not maximize "
+                          f"accuracy, minimize score; use another study name")
+    stored = summary.user_attrs.get("micronet_fingerprint")
+    if stored is not None and stored != fingerprint:
+        raise ConfigError(f"study {name!r} in {where} was created with another search space; use another study "
+                          f"name or the space it was made with")

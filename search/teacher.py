@@ -102,3 +102,48 @@ def get_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: 
         return load_teacher(path, data.num_classes, data.device)
     model, _, _ = train_teacher(spec, data_config, data, root, on_epoch)
     return model
+
+
+def get_shared_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, study, artifact_store, lock,
+                       on_epoch: EpochCallback | None = None, on_event=None) -> nn.Module:
+    """The study's teacher, trained by exactly one of its workers.
+
+    The first worker to take ``lock`` trains it (or takes it from its local cache) and uploads it to the study's
+    artifact store; the others wait on the lock, then download it. The study attribute naming the artifact is set
+    only after the upload, so a worker that dies while training leaves nothing half-done behind: the lock goes
+    with its database session and the next worker trains.
+    """
+    import optuna
+
+    attr = f"teacher_artifact:{spec.key(data_config)}"
+    path = spec.path(data_config)
+    say = on_event or (lambda text: None)
+
+    def fetch(artifact_id: str) -> nn.Module:
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.download")
+            tmp.unlink(missing_ok=True)
+            optuna.artifacts.download_artifact(artifact_store=artifact_store, artifact_id=artifact_id,
+                                               file_path=str(tmp))
+            os.replace(tmp, path)
+            say(f"teacher {spec.key(data_config)}: downloaded from the study's artifacts")
+        return load_teacher(path, data.num_classes, data.device)
+
+    if attr in study.user_attrs:
+        return fetch(study.user_attrs[attr])
+    with lock:
+        stored = study.user_attrs.get(attr)  # read again: another worker may have finished while we waited
+        if stored is not None:
+            return fetch(stored)
+        if path.is_file():
+            model = load_teacher(path, data.num_classes, data.device)
+            say(f"teacher {spec.key(data_config)}: loaded from {path}")
+        else:
+            say(f"teacher {spec.key(data_config)}: training ({spec.epochs} epochs, once for all workers)")
+            model, _, val = train_teacher(spec, data_config, data, on_epoch=on_epoch)
+            say(f"teacher {spec.key(data_config)}: trained, validation accuracy {val:.2%}")
+        artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store, file_path=str(path),
+                                                       study_or_trial=study, mimetype="application/octet-stream")
+        study.set_user_attr(attr, artifact_id)
+    return model

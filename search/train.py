@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +221,23 @@ class Trainer:
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return evaluate(self.model, x, y, self.data.mean, self.data.std, self.config.eval_batch_size)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run bit for bit: weights, optimizer, schedule position, RNG."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+            "epoch": self.epoch, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+            "history": [asdict(r) for r in self.history], "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`; the model must already have the saved structure."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
+        self.history = [EpochReport(**r) for r in state["history"]]
+        self.generator.set_state(state["generator"].cpu())
 
     @property
     def images_per_s(self) -> float:

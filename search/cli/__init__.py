@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    from search.cli import dashboard, ensemble, export, front, run, score, teacher, train
+    from search.cli import dashboard, ensemble, export, front, run, score, teacher, train, worker
 
     parser = ArgumentParser(prog=PROG, description="Find small, accurate image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -31,6 +31,7 @@ def build_parser() -> ArgumentParser:
     train.add_parser(commands)
     teacher.add_parser(commands)
     run.add_parser(commands)
+    worker.add_parser(commands)
     front.add_parser(commands)
     dashboard.add_parser(commands)
     export.add_parser(commands)

@@ -1,15 +1,20 @@
-"""``micronet-search run STUDY.yaml``: create or resume a study and run trials; print the Pareto front at the end."""
+"""``micronet-search run STUDY.yaml [--workers K]``: create or resume a study and run trials, in this process or in K
+local worker processes; print the Pareto front at the end."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from search.cli.front import print_front
+from search.errors import ConfigError
 from search.front import front_rows
 from search.storage import mask
 from search.study import load_study_file, open_study
@@ -22,6 +27,11 @@ def add_parser(commands) -> None:
                                      "MICRONET_STORAGE also sets it")
     p.add_argument("--n-trials", type=int, help="finished trials the study should hold (all runs together)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--workers", type=int, metavar="K",
+                   help="run K worker processes on this machine (GPUs shared round robin, CPU cores split)")
+    p.add_argument("--trials-per-gpu", type=int, metavar="M",
+                   help="with GPUs: M workers per GPU (default 1; without --workers, starts GPUs x M workers)")
+    p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: the study file's)")
     p.set_defaults(handler=run)
 
 
@@ -29,9 +39,10 @@ class StudyProgress:
     """A study bar (complete / pruned / failed / front size) and an epoch bar for the running trial on a
     terminal; one plain line per event otherwise."""
 
-    def __init__(self, total: int | None, epochs: int):
+    def __init__(self, total: int | None, epochs: int, live: bool | None = None, prefix: str = ""):
         self.console = Console(stderr=True)
-        self.live = self.console.is_terminal
+        self.live = self.console.is_terminal if live is None else live
+        self.prefix = prefix
         self.epochs = epochs
         if self.live:
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -50,9 +61,9 @@ class StudyProgress:
 
     def log(self, text: str) -> None:
         if self.live:
-            self.progress.console.print(text)
+            self.progress.console.print(text, markup=False, highlight=False)
         else:
-            print(text, file=sys.stderr, flush=True)
+            print(f"{self.prefix}{text}", file=sys.stderr, flush=True)
 
     def on_teacher_epoch(self, report) -> None:
         self.log(f"teacher epoch {report.epoch}/{report.epochs}: val {report.val_accuracy:.2%}")
@@ -76,7 +87,8 @@ class StudyProgress:
             what = f"accuracy {trial.values[0]:.2%}, score {trial.values[1]:.4g}"
         else:
             what = trial.user_attrs.get("pruned_reason", trial.state.name.lower())
-        self.log(f"trial {trial.number} {trial.state.name.lower()}: {what}")
+        worker = trial.user_attrs.get("worker")
+        self.log(f"trial {trial.number} {trial.state.name.lower()}: {what}" + (f"  [{worker}]" if worker else ""))
         if self.live:
             self.progress.update(self.study_task, completed=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
                                  status=status)
@@ -87,18 +99,86 @@ class StudyProgress:
 def run(args) -> int:
     import optuna
 
-    from search.runner import run_study  # heavy imports only once the arguments are good
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines say the same, shorter
-
+    for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
     loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)
     cfg = loaded.config
-    study = open_study(loaded)
-    print(f"study {cfg.name} in {mask(loaded.storage_url)}, artifacts in {cfg.artifact_dir}", file=sys.stderr)
+    study = open_study(loaded)  # bad storage, directions or space: one line here, before any worker starts
+    print(f"study {cfg.name} in {mask(loaded.storage_url)}, artifacts in {args.artifacts or cfg.artifact_dir}",
+          file=sys.stderr)
     start = time.perf_counter()
-    with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
-        study = run_study(loaded, on_epoch=progress.on_epoch, on_trial=progress.on_trial,
-                          on_teacher_epoch=progress.on_teacher_epoch, study=study)
+    if args.workers is None and args.trials_per_gpu is None:
+        from search.runner import run_study  # heavy imports only once the arguments are good
+
+        with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
+            with stop_on_sigterm():
+                study = run_study(loaded, on_epoch=progress.on_epoch, on_trial=progress.on_trial,
+                                  on_teacher_epoch=progress.on_teacher_epoch, study=study, on_event=progress.log,
+                                  artifacts=args.artifacts)
+        code = 0
+    else:
+        code = run_workers(args, loaded, study)
     rows = front_rows(study)
     print_front(rows, f"Pareto front of {cfg.name} ({len(study.trials)} trials, {time.perf_counter() - start:.0f} s)")
-    return 0
+    return code
+
+
+def run_workers(args, loaded, study) -> int:
+    """K local worker processes; this one shows the study's progress from the storage and stops them on Ctrl-C."""
+    from search.launcher import cpu_count, plan_workers, start_workers, stop_workers, visible_gpus, wait_workers
+
+    cfg = loaded.config
+    gpus = visible_gpus()
+    per_gpu = args.trials_per_gpu or 1
+    workers = args.workers or max(1, len(gpus)) * per_gpu
+    plans = plan_workers(workers, gpus, cpu_count())
+    extra = []
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--artifacts", args.artifacts)):
+        if value is not None:
+            extra += [flag, str(value)]
+    log_dir = Path("studies") / "logs" / cfg.name
+    where = ", ".join(f"GPU {p.gpu}" for p in plans) if gpus else f"CPU, {plans[0].threads} thread(s) each"
+    print(f"starting {workers} workers ({where}); their logs: {log_dir}/worker-*.log", file=sys.stderr)
+    seen: set[int] = set()
+    with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
+        def poll():
+            for t in study.get_trials(deepcopy=False):
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    progress.on_trial(study, t)
+
+        for t in study.get_trials(deepcopy=False):  # finished before this run: not news
+            if t.state.is_finished():
+                seen.add(t.number)
+        procs = start_workers(loaded.path, loaded.storage_url, plans, log_dir, extra)
+        try:
+            with stop_on_sigterm():
+                wait_workers(procs, poll)
+        except KeyboardInterrupt:
+            progress.log("stopping the workers (each queues its running trial again) ...")
+            stop_workers(procs)
+            poll()
+            raise
+    failed = [w for w in procs if w.process.returncode != 0]
+    for w in failed:
+        print(f"worker {w.plan.index} exited with code {w.process.returncode}; see {w.log}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (a pre-empted job, a deleted pod, ``kill``) stops like Ctrl-C: the running trial is queued again.
+    The first signal stops; later ones are ignored so that the clean-up (re-queueing the trial) can finish."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

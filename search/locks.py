@@ -1,0 +1,165 @@
+"""Locks shared by all workers of a study, held in the study's own storage.
+
+Two things must happen once however many workers start together: claiming the next trial (so the study ends with
+exactly ``n_trials`` finished trials, not one per worker too many) and training the distillation teacher. Optuna has
+no lock, so each storage kind gets the one its server offers; all are released when the holder dies, so a killed
+worker never blocks the others:
+
+- PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) on a connection of its own;
+- MySQL / MariaDB: ``GET_LOCK`` on a connection of its own;
+- SQLite and journal files: a lock file next to the database (``filelock``; ``flock`` underneath).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from search.errors import MicronetError
+
+
+class LockError(MicronetError):
+    """A lock that could not be taken."""
+
+
+class StudyLock(ABC):
+    """A named lock across processes and machines; re-entrant use is not supported, ``release`` is idempotent."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.held = False
+
+    @abstractmethod
+    def _acquire(self) -> None: ...
+
+    @abstractmethod
+    def _release(self) -> None: ...
+
+    def acquire(self) -> None:
+        self._acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._release()
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _key(name: str) -> int:
+    """A signed 64-bit key for ``pg_advisory_lock``."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class _ServerLock(StudyLock):
+    """A lock held by a database session: its own connection, autocommit, closed on release (or on death)."""
+
+    def __init__(self, url: str, name: str):
+        super().__init__(name)
+        self.url = url
+        self.connection = None
+
+    def _connect(self):
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+        return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def _release(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                self._unlock(connection)
+            finally:
+                connection.close()  # the server drops the lock with the session in any case
+
+    def _unlock(self, connection) -> None: ...
+
+
+class PostgresLock(_ServerLock):
+    def _acquire(self) -> None:
+        from sqlalchemy import text
+
+        self.connection = self._connect()
+        self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _key(self.name)})
+
+    def _unlock(self, connection) -> None:
+        from sqlalchemy import text
+
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _key(self.name)})
+
+
+class MySQLLock(_ServerLock):
+    def _lock_name(self) -> str:
+        return "micronet-" + hashlib.blake2b(self.name.encode(), digest_size=16).hexdigest()  # names: <= 64 chars
+
+    def _acquire(self) -> None:
+        from sqlalchemy import text
+
+        self.connection = self._connect()
+        while self.connection.execute(text("SELECT GET_LOCK(:n, 30)"), {"n": self._lock_name()}).scalar() != 1:
+            pass  # timed out after 30 s: someone holds it for long (a teacher in training); keep waiting
+
+    def _unlock(self, connection) -> None:
+        from sqlalchemy import text
+
+        connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name()})
+
+
+class FileLock(StudyLock):
+    def __init__(self, path: Path, name: str):
+        super().__init__(name)
+        import filelock
+
+        digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+        self.path = path.parent / f".{path.name}.{digest}.lock"  # hidden, next to the database
+        self.lock = filelock.FileLock(str(self.path))
+
+    def _acquire(self) -> None:
+        self.lock.acquire()
+
+    def _release(self) -> None:
+        self.lock.release()
+
+
+_memory_locks: dict[str, threading.Lock] = {}
+
+
+class ThreadLock(StudyLock):
+    """In-memory SQLite: one process only."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.lock = _memory_locks.setdefault(name, threading.Lock())
+
+    def _acquire(self) -> None:
+        self.lock.acquire()
+
+    def _release(self) -> None:
+        self.lock.release()
+
+
+def study_lock(url: str, name: str) -> StudyLock:
+    """The lock called ``name`` in the storage at ``url``."""
+    if url.startswith("journal:"):
+        return FileLock(Path(url[len("journal:"):]), name)
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite:///"):]
+        if not path or path.startswith(":memory:") or "mode=memory" in path:
+            return ThreadLock(name)
+        return FileLock(Path(path.split("?", 1)[0]), name)
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        return PostgresLock(url, name)
+    if scheme in ("mysql", "mariadb"):
+        return MySQLLock(url, name)
+    raise LockError(f"no lock for storages of kind {scheme!r}; use sqlite, postgresql, mysql or journal:")

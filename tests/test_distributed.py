@@ -1,0 +1,309 @@
+"""Many workers on one study, against the real PostgreSQL (and once MariaDB) of this machine.
+
+Each test gets a fresh database. Workers are real ``micronet-search worker`` processes training a tiny model on
+synthetic data, one torch thread each.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from search.locks import study_lock
+from search.study import load_study_file, open_study
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+SPACE = """\
+params:
+  arch: {value: resnet20}
+  width: {value: 0.25}
+  groups: {choices: [1, 2]}
+  ps: {low: 0.0, high: 0.5}
+  qw: {choices: [8, 32]}
+  lr: {low: 0.02, high: 0.1, log: true}
+  distillation: {value: DISTILL}
+"""
+
+
+def _database(server: str, admin_db: str):
+    name = f"micronet_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{server}/{admin_db}", poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as e:
+        pytest.fail(f"the database server at {server} is needed (.ci/run starts it): {e}")
+    yield f"{server}/{name}"
+    with admin.connect() as c:
+        if server.startswith("postgresql"):
+            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        else:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres():
+    yield from _database(PG, "postgres")
+
+
+@pytest.fixture
+def mariadb():
+    yield from _database(MARIADB, "mysql")
+
+
+def write_study(tmp_path, n_trials, epochs=2, distill=False, heartbeat="{interval: 1, grace_period: 3}",
+                size=192, space=SPACE):
+    (tmp_path / "space.yaml").write_text(space.replace("DISTILL", "true" if distill else "false"))
+    path = tmp_path / "dist.yaml"
+    path.write_text(f"""\
+name: dist
+space: {tmp_path / 'space.yaml'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: synthetic, synthetic_size: {size}}}
+sampler: {{name: random, seed: 0}}
+train: {{epochs: {epochs}, batch_size: 32}}
+pruner: {{name: none, skip_dominated: false}}
+teacher: {{arch: resnet20, width: 0.25, epochs: 1}}
+heartbeat: {heartbeat}
+n_trials: {n_trials}
+""")
+    return path
+
+
+def env_for(storage, tmp_path):
+    return {**os.environ, "MICRONET_STORAGE": storage, "MICRONET_THREADS": "1", "OMP_NUM_THREADS": "1",
+            "MICRONET_CACHE": str(tmp_path / "cache")}
+
+
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_workers():
+    """A failing test must not leave workers training in the background."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def start_worker(study, storage, tmp_path, *args):
+    return spawn([sys.executable, "-m", "search", "worker", str(study), *args], env=env_for(storage, tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def spawn(*args, **kwargs):
+    p = subprocess.Popen(*args, **kwargs)
+    STARTED.append(p)
+    return p
+
+
+def finish(procs, timeout=240):
+    outputs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        outputs.append(out)
+    return outputs
+
+
+def load(storage):
+    return optuna.load_study(study_name="dist", storage=storage)
+
+
+def wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except KeyError:  # the study is not created yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_exactly(study, n):
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == n, [(t.number, t.state.name) for t in trials]
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    return finished
+
+
+def test_four_workers_finish_exactly_n_trials_and_train_the_teacher_once(postgres, tmp_path):
+    study_file = write_study(tmp_path, n_trials=8, distill=True)
+    procs = [start_worker(study_file, postgres, tmp_path) for _ in range(4)]
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    study = load(postgres)
+    finished = assert_exactly(study, 8)
+    assert not [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the work was shared
+    assert all(t.user_attrs["checkpoint_artifact_id"] for t in finished)
+    log = "\n".join(outputs)
+    assert log.count(": training (1 epochs, once for all workers)") == 1, log
+    assert any(k.startswith("teacher_artifact:") for k in study.user_attrs)
+    assert "postgres@127.0.0.1" in log  # the storage is named (it has no password to mask here)
+    assert not list((tmp_path / "artifacts").glob("resume-*"))  # finished trials leave no resume checkpoints
+
+
+def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(postgres, tmp_path):
+    study_file = write_study(tmp_path, n_trials=5, epochs=6, size=384)
+    procs = [start_worker(study_file, postgres, tmp_path) for _ in range(3)]
+    by_pid = {p.pid: p for p in procs}
+
+    def running_with_checkpoint():
+        for t in load(postgres).get_trials(states=(TrialState.RUNNING,)):
+            if (t.user_attrs.get("resume") or {}).get("epoch", 0) >= 2 and "worker" in t.user_attrs:
+                return t
+        return None
+
+    victim = wait_for(running_with_checkpoint, what="a running trial with an epoch checkpoint")
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    by_pid[pid].send_signal(signal.SIGKILL)
+    killed = [t for t in load(postgres).get_trials() if t.user_attrs.get("worker") == victim.user_attrs["worker"]
+              and t.state == TrialState.RUNNING]
+    assert len(killed) == 1  # the trial running when it died (normally the victim itself)
+    killed = killed[0]
+    rest = [p for p in procs if p.pid != pid]
+    outputs = finish(rest)
+    assert [p.returncode for p in rest] == [0, 0], outputs
+    by_pid[pid].wait()
+
+    study = load(postgres)
+    assert_exactly(study, 5)
+    assert study.trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    epoch = killed.user_attrs["resume"]["epoch"]
+    assert retry.user_attrs["resumed_from_epoch"] == epoch
+    assert retry.user_attrs["epochs_run"] == 6
+    assert set(retry.intermediate_values) == set(range(1, 7))  # the curve before the kill was kept
+
+
+def test_stop_all_workers_and_start_again(postgres, tmp_path):
+    study_file = write_study(tmp_path, n_trials=6, epochs=4, size=256)
+    env = env_for(postgres, tmp_path)
+    cmd = [sys.executable, "-m", "search", "run", str(study_file), "--workers", "2"]
+    run = spawn(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           cwd=tmp_path)
+
+    def two_done_and_one_checkpointed():
+        trials = load(postgres).get_trials()
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and (t.user_attrs.get("resume") or {})]
+        return len(done) >= 2 and running
+
+    wait_for(two_done_and_one_checkpointed, what="2 finished trials and one checkpointed")
+    run.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = run.communicate(timeout=120)
+    assert run.returncode == 130, out
+    assert "stopping the workers" in out
+    before = load(postgres).get_trials()
+    done_before = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
+    assert len(done_before) >= 2
+    assert not [t for t in before if t.state == TrialState.RUNNING]  # every worker stopped cleanly
+    requeued = [t for t in before if t.state == TrialState.WAITING]
+    assert requeued  # the interrupted trials wait for the next run
+    assert all(t.user_attrs.get("resume") for t in requeued)
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    study = load(postgres)
+    assert_exactly(study, 6)
+    for number, values in done_before.items():
+        assert study.trials[number].values == values
+    assert any("resumed_from_epoch" in t.user_attrs for t in study.trials if t.state == TrialState.COMPLETE)
+    assert "Pareto front of dist" in again.stdout
+    assert (tmp_path / "studies" / "logs" / "dist" / "worker-1.log").is_file()
+
+
+def test_two_workers_on_mariadb(mariadb, tmp_path):
+    study_file = write_study(tmp_path, n_trials=4)
+    procs = [start_worker(study_file, mariadb, tmp_path) for _ in range(2)]
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert_exactly(load(mariadb), 4)
+
+
+def test_postgres_lock_excludes_a_second_holder(postgres):
+    first, second = study_lock(postgres, "x"), study_lock(postgres, "x")
+    other = study_lock(postgres, "y")
+    first.acquire()
+    with other:  # another name: free
+        pass
+    import threading
+
+    got = threading.Event()
+
+    def take():
+        with second:
+            got.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert not got.wait(1.0)  # blocked while the first holds it
+    first.release()
+    assert got.wait(10.0)
+    t.join()
+
+
+def bad(study_file, storage, tmp_path):
+    return subprocess.run([sys.executable, "-m", "search", "worker", str(study_file)],
+                          env=env_for(storage, tmp_path), capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line(result, *needles, secret=None):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    if secret:
+        assert secret not in result.stderr + result.stdout
+
+
+def test_bad_storages_fail_in_one_line(tmp_path):
+    study_file = write_study(tmp_path, n_trials=2)
+    r = bad(study_file, "postgresql://micronet:s3cretpw@127.0.0.1:1/micronet", tmp_path)
+    assert_one_line(r, "micronet:***@127.0.0.1:1", "no database server answers at 127.0.0.1:1", secret="s3cretpw")
+    r = bad(study_file, "postgresql://micronet:s3cretpw@no-such-host.invalid/micronet", tmp_path)
+    assert_one_line(r, "no-such-host.invalid is unknown", secret="s3cretpw")
+    r = bad(study_file, f"{PG}/micronet_missing_{uuid.uuid4().hex[:6]}", tmp_path)
+    assert_one_line(r, "does not exist on 127.0.0.1", "createdb -h 127.0.0.1")
+    r = bad(study_file, "mysql+pymysql://root:wr0ngpass@127.0.0.1:3306/mysql", tmp_path)
+    assert_one_line(r, "127.0.0.1 refused user root", "password", secret="wr0ngpass")
+
+
+def test_a_study_with_other_directions_or_space_is_refused_untouched(postgres, tmp_path):
+    optuna.create_study(study_name="dist", storage=postgres, directions=["minimize", "minimize"])
+    study_file = write_study(tmp_path, n_trials=2)
+    r = bad(study_file, postgres, tmp_path)
+    assert_one_line(r, "has directions minimize, minimize", "127.0.0.1", "use another study name")
+    assert load(postgres).trials == [] and load(postgres).user_attrs == {}
+
+    optuna.delete_study(study_name="dist", storage=postgres)
+    open_study(load_study_file(study_file, postgres))  # created with one space ...
+    other = write_study(tmp_path, n_trials=2, space=SPACE.replace("[8, 32]", "[4, 32]"))
+    r = bad(other, postgres, tmp_path)  # ... joined with another
+    assert_one_line(r, "was created with another search space")
+    assert load(postgres).trials == []
