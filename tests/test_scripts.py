@@ -1,0 +1,112 @@
+"""The launch scripts: shellcheck-clean, manifests that parse, and launch_local.sh running real workers."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.launcher import WorkerPlan, plan_workers, worker_env
+
+ROOT = Path(__file__).resolve().parent.parent
+SHELL = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("scripts/*.sbatch"), ROOT / ".ci" / "run"])
+
+
+@pytest.mark.parametrize("script", SHELL, ids=lambda p: p.name)
+def test_shell_scripts_pass_shellcheck(script):
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is needed (Debian package shellcheck; .ci/run installs it)")
+    r = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+    assert os.access(script, os.X_OK)
+
+
+@pytest.mark.parametrize("manifest", sorted(ROOT.glob("scripts/k8s/*.yaml")), ids=lambda p: p.name)
+def test_kubernetes_manifests_parse_and_name_their_kind(manifest):
+    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d]
+    assert docs
+    for d in docs:
+        assert "apiVersion" in d and "kind" in d, manifest
+    workers = [d for d in docs if d["kind"] == "Job"]
+    for job in workers:
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][0] == "worker"
+        env = {e["name"]: e for e in container["env"]}
+        assert "secretKeyRef" in env["MICRONET_STORAGE"]["valueFrom"]  # the password stays in a Secret
+
+
+def test_worker_plan_pins_gpus_round_robin_and_splits_threads():
+    plans = plan_workers(4, ["0", "1"], cpus=16)
+    assert [p.gpu for p in plans] == ["0", "1", "0", "1"]  # 2 trials per GPU
+    assert {p.threads for p in plans} == {4}
+    cpu = plan_workers(3, [], cpus=2)
+    assert [p.gpu for p in cpu] == [None] * 3 and {p.threads for p in cpu} == {1}
+    env = worker_env(WorkerPlan(2, "1", 4), "postgresql://u:pw@h/db")
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["MICRONET_THREADS"] == "4"
+    assert env["MICRONET_STORAGE"] == "postgresql://u:pw@h/db"  # in the environment, not on a command line
+
+
+def write_study(tmp_path, n_trials, epochs=1):
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"
+                                         "  ps: {low: 0.0, high: 0.5}\n")
+    path = tmp_path / "launch.yaml"
+    path.write_text(f"""\
+name: launch
+space: space.yaml
+storage: sqlite:///{tmp_path / 'launch.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: synthetic, synthetic_size: 128}}
+sampler: {{name: random, seed: 1}}
+train: {{epochs: {epochs}, batch_size: 32}}
+pruner: {{name: none, skip_dominated: false}}
+heartbeat: {{interval: 1, grace_period: 3}}
+n_trials: {n_trials}
+""")
+    return path
+
+
+def launch(tmp_path, study, n):
+    env = {k: v for k, v in os.environ.items() if k not in ("MICRONET_STORAGE", "MICRONET_THREADS")}
+    env["LOG_DIR"] = str(tmp_path / "logs")
+    return subprocess.Popen([str(ROOT / "scripts" / "launch_local.sh"), str(study), str(n)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+
+
+def test_launch_local_runs_n_workers_on_one_sqlite_study(tmp_path):
+    study = write_study(tmp_path, n_trials=4)
+    p = launch(tmp_path, study, 2)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, out
+    assert "all 2 workers finished" in out and "SQLite" in out  # warned: one machine only
+    trials = optuna.load_study(study_name="launch", storage=f"sqlite:///{tmp_path / 'launch.db'}").trials
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
+    logs = sorted((tmp_path / "logs").glob("launch-worker-*.log"))
+    assert len(logs) == 2 and "MICRONET_THREADS=1" in logs[0].read_text()
+
+
+def test_launch_local_forwards_ctrl_c_and_the_study_goes_on_later(tmp_path):
+    study = write_study(tmp_path, n_trials=6, epochs=20)
+    p = launch(tmp_path, study, 2)
+    storage = f"sqlite:///{tmp_path / 'launch.db'}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            s = optuna.load_study(study_name="launch", storage=storage)
+            if any(t.state == TrialState.RUNNING and (t.user_attrs.get("resume") or {}) for t in s.trials):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out
+    assert "run the same command again" in out
+    trials = optuna.load_study(study_name="launch", storage=storage).trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert [t for t in trials if t.state == TrialState.WAITING]  # re-queued, to resume from its checkpoint
