@@ -99,7 +99,7 @@ class Objective:
         except NonFiniteLossError as e:
             _prune(trial, str(e))
         _record(trial, {
-            "epochs_run": result.epochs_run, "wall_s": time.perf_counter() - start,
+            "epochs_run": result.epochs_run, "wall_s": time.perf_counter() - start, "train_s": result.wall_s,
             "images_per_s": result.train_images_per_s, "sparsity": result.sparsity,
             "nonzero_params": result.costs.compressed.nonzero_params,
             "measured_score": result.costs.measured_score.total,

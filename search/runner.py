@@ -82,10 +82,12 @@ def run_study(loaded: LoadedStudy, on_epoch=None, on_trial: Callable | None = No
                           on_start=claim.release, worker=worker_name())
     callbacks = [] if on_trial is None else [lambda study, trial: on_trial(study, trial)]
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    # Optuna's journal storage has no heartbeats: there a dead worker's trial is never marked FAILED
+    heartbeats = bool(cfg.heartbeat.interval) and not loaded.storage_url.startswith("journal:")
     waiting_for = None
     while deadline is None or time.monotonic() < deadline:
         with claim:
-            state = _claim_state(study, cfg.n_trials, heartbeats=bool(cfg.heartbeat.interval))
+            state = _claim_state(study, cfg.n_trials, heartbeats)
             if state == "done":
                 break
             if state == "go":

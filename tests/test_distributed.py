@@ -210,10 +210,12 @@ def test_stop_all_workers_and_start_again(postgres, tmp_path):
     def two_done_and_one_checkpointed():
         trials = load(postgres).get_trials()
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING and (t.user_attrs.get("resume") or {})]
-        return len(done) >= 2 and running
+        # stopped after epoch 1 or 2 of 4: it cannot finish before the Ctrl-C lands
+        early = [t for t in trials if t.state == TrialState.RUNNING
+                 and (t.user_attrs.get("resume") or {}).get("epoch") in (1, 2)]
+        return early[0] if len(done) >= 2 and early else None
 
-    wait_for(two_done_and_one_checkpointed, what="2 finished trials and one checkpointed")
+    target = wait_for(two_done_and_one_checkpointed, what="2 finished trials and one checkpointed")
     run.send_signal(signal.SIGINT)  # Ctrl-C
     out, _ = run.communicate(timeout=120)
     assert run.returncode == 130, out
@@ -222,9 +224,10 @@ def test_stop_all_workers_and_start_again(postgres, tmp_path):
     done_before = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
     assert len(done_before) >= 2
     assert not [t for t in before if t.state == TrialState.RUNNING]  # every worker stopped cleanly
-    requeued = [t for t in before if t.state == TrialState.WAITING]
-    assert requeued  # the interrupted trials wait for the next run
-    assert all(t.user_attrs.get("resume") for t in requeued)
+    assert before[target.number].state == TrialState.FAIL
+    requeued = [t for t in before
+                if t.state == TrialState.WAITING and t.system_attrs.get("failed_trial") == target.number]
+    assert len(requeued) == 1 and requeued[0].user_attrs["resume"]["epoch"] >= 1  # waits to resume its checkpoint
 
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -232,7 +235,8 @@ def test_stop_all_workers_and_start_again(postgres, tmp_path):
     assert_exactly(study, 6)
     for number, values in done_before.items():
         assert study.trials[number].values == values
-    assert any("resumed_from_epoch" in t.user_attrs for t in study.trials if t.state == TrialState.COMPLETE)
+    assert study.trials[requeued[0].number].state == TrialState.COMPLETE
+    assert study.trials[requeued[0].number].user_attrs["resumed_from_epoch"] >= 1
     assert "Pareto front of dist" in again.stdout
     assert (tmp_path / "studies" / "logs" / "dist" / "worker-1.log").is_file()
 
@@ -243,6 +247,17 @@ def test_two_workers_on_mariadb(mariadb, tmp_path):
     outputs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert_exactly(load(mariadb), 4)
+
+
+def test_two_workers_on_a_journal_file(tmp_path):
+    storage = f"journal:{tmp_path / 'journal.log'}"
+    study_file = write_study(tmp_path, n_trials=4)
+    procs = [start_worker(study_file, storage, tmp_path) for _ in range(2)]
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    from search.storage import open_storage
+
+    assert_exactly(optuna.load_study(study_name="dist", storage=open_storage(storage)), 4)
 
 
 def test_postgres_lock_excludes_a_second_holder(postgres):
