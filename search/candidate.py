@@ -7,6 +7,7 @@ removed; masks are made permanent at the end.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from search.complexity import Complexity, measure
+from search.complexity import Complexity, count_nonzero_params, measure
 from search.compress import make_permanent, prune_structured, prune_unstructured, quantize_model, weight_sparsity
 from search.config import from_mapping, to_mapping
 from search.data import Splits
@@ -90,9 +91,15 @@ def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = Sc
     removes exactly ``pu`` of the weights, so the counts do not depend on training.
     """
     model = candidate.build(num_classes)
-    dense = measure(model)
+    key = json.dumps([candidate.arch, candidate.width, candidate.groups, candidate.depthwise, candidate.arch_options,
+                      num_classes], sort_keys=True, default=str)
+    if key not in _DENSE:  # a search meets the same architecture many times: count its MACs once
+        _DENSE[key] = measure(model)
     compressed = measure(compress(model, candidate.compression))
-    return _costs(candidate.compression, dense, compressed, reference)
+    return _costs(candidate.compression, _DENSE[key], compressed, reference)
+
+
+_DENSE: dict[str, Complexity] = {}
 
 
 def _costs(c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Costs:
@@ -133,17 +140,19 @@ StateCallback = Callable[[int, Callable[[], dict]], None]
 def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
                   on_epoch: EpochCallback | None = None, test: bool = False,
                   reference: ScoreReference = ScoreReference(), resume: dict | None = None,
-                  on_state: StateCallback | None = None) -> CandidateResult:
+                  on_state: StateCallback | None = None, known: Costs | None = None) -> CandidateResult:
     """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
 
     ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
     ``on_state(epoch, get_state)`` is called after every epoch; ``get_state()`` builds a resumable state, and
     ``resume=`` such a state continues the run where it was taken, with the same result as an uninterrupted run.
+    ``known``: the candidate's :func:`costs`, when already measured: skips counting MACs again (ptflops; MACs do not
+    depend on the weights), only the non-zero parameters of the trained model are counted.
     """
     start = time.perf_counter()
     torch.manual_seed(candidate.train.seed)
     model = candidate.build(data.num_classes).to(data.device)
-    dense = measure(model)
+    dense = known.dense if known is not None else measure(model)
     phase = "dense"
     if resume is not None and resume["phase"] == "compressed":
         # the saved weights have the compressed structure; pruning an untrained copy gives the same shapes
@@ -167,7 +176,10 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
             phase = "compressed"
         trainer.run()
         make_permanent(model)
-    compressed = measure(model)
+    if known is not None:
+        compressed = Complexity(known.compressed.params, count_nonzero_params(model), known.compressed.macs)
+    else:
+        compressed = measure(model)
     val = trainer.history[-1].val_accuracy if trainer.history else evaluate(
         model, data.x_val, data.y_val, data.mean, data.std)
     test_acc = trainer.evaluate(data.x_test, data.y_test) if test else None

@@ -69,6 +69,8 @@ def run_study(loaded: LoadedStudy, on_epoch=None, on_trial: Callable | None = No
     if cfg.n_trials is not None and finished_count(study) >= cfg.n_trials:
         return study
     set_threads()
+    import ptflops  # noqa: F401  (the score's MAC counter takes seconds to import: once here, not in trial 1)
+
     device = pick_device(cfg.device)
     data = load_data(cfg.data, device)
     store = artifact_store(artifacts or cfg.artifact_dir)

@@ -107,6 +107,7 @@ class StudyConfig:
     enqueue: list = field(default_factory=list)
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
+    checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -121,6 +122,9 @@ class StudyConfig:
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
                 or self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be an integer >= 0 (epochs), got {self.checkpoint_every!r}")
+        if isinstance(self.checkpoint_min_seconds, bool) or not isinstance(self.checkpoint_min_seconds, (int, float)) \
+                or self.checkpoint_min_seconds < 0:
+            raise ConfigError(f"checkpoint_min_seconds must be a number >= 0, got {self.checkpoint_min_seconds!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
 

@@ -39,6 +39,8 @@ class TrainConfig:
     eval_batch_size: int = 1024
     augment: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False              # torch.compile the training forward (pays off for long runs; see BENCHMARKS)
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
@@ -52,6 +54,9 @@ class TrainConfig:
         _check(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _check(self.channels_last in (None, True, False), f"channels_last must be true, false or null, got "
+               f"{self.channels_last!r}")
+        _check(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         _check(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
 
@@ -113,11 +118,11 @@ class EpochReport:
 EpochCallback = Callable[[EpochReport], None]
 
 
-def cuda_setup(device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """bf16 autocast and channels_last on CUDA; plain float32 elsewhere."""
+def cuda_setup(device: torch.device, channels_last: bool | None = None) -> tuple[torch.dtype | None, bool]:
+    """bf16 autocast and (unless ``channels_last`` says otherwise) channels_last on CUDA; float32 elsewhere."""
     if device.type == "cuda" and torch.cuda.is_available():
-        return torch.bfloat16, True
-    return None, False
+        return torch.bfloat16, True if channels_last is None else channels_last
+    return None, bool(channels_last)
 
 
 class Trainer:
@@ -135,7 +140,7 @@ class Trainer:
             raise ConfigError("distillation needs a teacher model")
         self.on_epoch = on_epoch
         self.device = data.device
-        self.autocast_dtype, self.channels_last = cuda_setup(self.device)
+        self.autocast_dtype, self.channels_last = cuda_setup(self.device, config.channels_last)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.steps_per_epoch = steps_per_epoch(len(data.y_train), config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -161,6 +166,8 @@ class Trainer:
             cfg.momentum > 0)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # compiled again after compression replaced the modules; the first steps of each phase pay the compile
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
 
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
         return normalize(xb, self.data.mean, self.data.std, channels_last=self.channels_last)
@@ -189,7 +196,7 @@ class Trainer:
             x = self._inputs(xb)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
-                logits = model(x)
+                logits = self.forward(x)
                 if self.distillation is not None:
                     with torch.no_grad():
                         teacher_logits = self.teacher(x)

@@ -119,3 +119,13 @@ def test_candidate_with_densenet_and_groups_compresses(synthetic):
     assert result.costs.compressed.macs < result.costs.dense.macs
     assert all(m.in_channels % m.groups == 0 for m in result.model.modules() if isinstance(m, nn.Conv2d))
     assert build_model("densenet", growth_rate=8, blocks=[2, 2, 2], groups=2) is not None
+
+
+def test_known_costs_give_the_same_measurement(synthetic):
+    from search.complexity import measure
+
+    cand = small(compression=Compression(ps=0.3, pu=0.3, qw=8, qa=8))
+    known = costs(cand, synthetic.num_classes)
+    result = run_candidate(cand, synthetic, known=known)
+    assert result.costs.dense == known.dense
+    assert result.costs.compressed == measure(result.model)  # MACs reused, non-zero parameters recounted

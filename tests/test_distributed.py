@@ -77,6 +77,7 @@ train: {{epochs: {epochs}, batch_size: 32}}
 pruner: {{name: none, skip_dominated: false}}
 teacher: {{arch: resnet20, width: 0.25, epochs: 1}}
 heartbeat: {heartbeat}
+checkpoint_min_seconds: 0
 n_trials: {n_trials}
 """)
     return path

@@ -66,6 +66,7 @@ sampler: {{name: random, seed: 1}}
 train: {{epochs: {epochs}, batch_size: 32}}
 pruner: {{name: none, skip_dominated: false}}
 heartbeat: {{interval: 1, grace_period: 3}}
+checkpoint_min_seconds: 0
 n_trials: {n_trials}
 """)
     return path
