@@ -16,9 +16,9 @@ def test_bench_quick_runs_every_figure(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
     for figure in ("resnet20: classic loop", "resnet20: trainer, dense", "resnet20: trainer, ps 0.5 qw 8 qa 8",
-                   "densenet: trainer, dense", "resnet18 groups 8: trainer, dense", "torch.compile",
-                   "channels_last", "one epoch of 50,000 images", "2 concurrent trial(s)", "orchestration per trial",
-                   "peak RSS", "peak GPU memory allocated"):
+                   "densenet: trainer, dense", "resnet18 groups 8: trainer, dense", "torch.compile + channels_last",
+                   "ps 0.5 qw 8 qa 8, torch.compile", "one epoch of 50,000 images", "2 concurrent trial(s)",
+                   "orchestration per trial", "peak RSS", "peak GPU memory allocated"):
         assert figure in text, figure
     assert "still to be measured" in text  # no GPU here: said, not invented
     assert "micronet-search bench --quick" in text

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 import search.runner  # everything a worker imports
 from search.data import DataConfig, load_data, train_batches
 from search.models import build_model
@@ -35,7 +35,9 @@ for i, (xb, yb) in enumerate(train_batches(data.x_train, data.y_train, 128, gen,
     loss.backward()
     trainer.optimizer.step()
 trainer.evaluate(data.x_val, data.y_val)  # evaluation batches of 1024 images
-out = {"rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "train_images": len(data.y_train)}
+# VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak into a child across fork and exec
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+out = {"rss_gib": hwm / 2**20, "train_images": len(data.y_train)}
 if device.type == "cuda":
     out["cuda_max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 print(json.dumps(out))
