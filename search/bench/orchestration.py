@@ -64,4 +64,6 @@ def orchestration_overhead(n_trials: int = 3, epochs: int = 8, dataset: str = "d
     first_s = (first.datetime_complete - first.datetime_start).total_seconds()
     return {"orchestration_s": (span - train) / len(rest), "trial_s": span / len(rest),
             "fraction": (span - train) / span, "trials": len(rest),
-            "first_orchestration_s": first_s - first.user_attrs["train_s"]}
+            "first_orchestration_s": first_s - first.user_attrs["train_s"],
+            "sample_s": sum(t.user_attrs["sample_s"] for t in rest) / len(rest),
+            "bookkeeping_s": sum(t.user_attrs["bookkeeping_s"] for t in rest) / len(rest)}

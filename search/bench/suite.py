@@ -126,7 +126,8 @@ def run_suite(sizes: Sizes = FULL, device: str | None = None, say: Callable[[str
                     met=o["fraction"] < 0.02,
                     note=f"{o['orchestration_s']:.2f} s of {o['trial_s']:.1f} s per trial, trials 2-{o['trials'] + 1} "
                          f"({sizes.orchestration_epochs} epochs on {sizes.orchestration_data}); trial 1 "
-                         f"{o['first_orchestration_s']:.2f} s (one-time warm-ups)"))
+                         f"{o['first_orchestration_s']:.2f} s; sampling {o['sample_s']:.2f} s and per-epoch "
+                         f"bookkeeping {o['bookkeeping_s']:.2f} s of each trial's orchestration"))
 
     # 5. peak memory
     say(f"memory: resnet20 on {sizes.memory_images:,} images")
