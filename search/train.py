@@ -1,15 +1,18 @@
 """The trainer: SGD (nesterov) with a one-cycle or cosine schedule, label smoothing, optional distillation.
 
 Data lives on the device as uint8 tensors; each step indexes a batch, augments it with tensor ops and normalizes it
-(see :mod:`search.data`). On CUDA the step runs under bf16 autocast with channels_last tensors.
+(see :mod:`search.data`). The step runs under bf16 autocast with channels_last tensors on CUDA and on CPUs that
+compute bf16 natively (``precision: auto``), in float32 elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +22,7 @@ from search.data import Augmentation, Splits, normalize, steps_per_epoch, train_
 from search.errors import ConfigError, MicronetError
 
 SCHEDULES = ("onecycle", "cosine")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 where the device computes it natively (see native_bf16)
 
 
 class NonFiniteLossError(MicronetError):
@@ -39,8 +43,9 @@ class TrainConfig:
     eval_batch_size: int = 1024
     augment: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
-    channels_last: bool | None = None  # None: on CUDA only
+    channels_last: bool | None = None  # None: on when training in bf16
     compile: bool = False              # torch.compile the training forward (pays off for long runs; see BENCHMARKS)
+    precision: str = "auto"            # training autocast: auto (bf16 where native), bf16, fp32
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
@@ -57,6 +62,8 @@ class TrainConfig:
         _check(self.channels_last in (None, True, False), f"channels_last must be true, false or null, got "
                f"{self.channels_last!r}")
         _check(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
+               f"{self.precision!r}")
         _check(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
 
@@ -118,11 +125,42 @@ class EpochReport:
 EpochCallback = Callable[[EpochReport], None]
 
 
-def cuda_setup(device: torch.device, channels_last: bool | None = None) -> tuple[torch.dtype | None, bool]:
-    """bf16 autocast and (unless ``channels_last`` says otherwise) channels_last on CUDA; float32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.bfloat16, True if channels_last is None else channels_last
-    return None, bool(channels_last)
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 instructions that compute bf16 dot products
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows).
+
+    torch exposes no public check for bf16 instructions: ``torch.backends.cpu.get_cpu_capability()`` stops at
+    "AVX512", which older CPUs without bf16 report too (oneDNN emulates bf16 there, which need not pay off).
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bf16 convolutions natively, so that bf16 autocast pays off: CUDA, and CPUs
+    with AVX512-BF16 or AMX-BF16. Elsewhere ``precision: bf16`` still forces it."""
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    return device_type == "cpu" and bool(cpu_flags() & BF16_CPU_FLAGS)
+
+
+def device_setup(device: torch.device, precision: str = "auto",
+                 channels_last: bool | None = None) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, or None for float32; channels_last) for training on ``device``.
+
+    ``precision``: bf16 autocast when "bf16", or when "auto" and the device computes bf16 natively (CUDA; x86 CPUs
+    with AVX512-BF16 or AMX). ``channels_last`` None means: with bf16, where oneDNN's and cuDNN's fast bf16 kernels
+    want NHWC. In float32 on a CPU it is left off: it slowed DenseNet down (BENCHMARKS.md, "bf16 on the CPU").
+    """
+    bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device.type))
+    return (torch.bfloat16 if bf16 else None), (bf16 if channels_last is None else channels_last)
 
 
 class Trainer:
@@ -140,7 +178,8 @@ class Trainer:
             raise ConfigError("distillation needs a teacher model")
         self.on_epoch = on_epoch
         self.device = data.device
-        self.autocast_dtype, self.channels_last = cuda_setup(self.device, config.channels_last)
+        self.autocast_dtype, self.channels_last = device_setup(self.device, config.precision,
+                                                               config.channels_last)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.steps_per_epoch = steps_per_epoch(len(data.y_train), config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -253,10 +292,14 @@ class Trainer:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, mean, std, batch_size: int = 1024) -> torch.Tensor:
-    """Logits (float32) of a uint8 image tensor, in large batches, in eval mode."""
+    """Logits (float32) of a uint8 image tensor, in large batches, in eval mode.
+
+    bf16 and channels_last on CUDA, float32 elsewhere: on a CPU the reported accuracies (the search objective, the
+    model card) are those of the float32 model, whatever precision trained it.
+    """
     was_training = model.training
     model.eval()
-    autocast_dtype, channels_last = cuda_setup(x.device)
+    autocast_dtype, channels_last = device_setup(x.device, "bf16" if x.device.type == "cuda" else "fp32")
     out = []
     for start in range(0, len(x), batch_size):
         xb = normalize(x[start:start + batch_size], mean, std, channels_last=channels_last)

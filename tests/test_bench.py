@@ -15,8 +15,9 @@ def test_bench_quick_runs_every_figure(tmp_path):
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
-    for figure in ("resnet20: classic loop", "resnet20: trainer, dense", "resnet20: trainer, ps 0.5 qw 8 qa 8",
-                   "densenet: trainer, dense", "resnet18 groups 8: trainer, dense", "torch.compile + channels_last",
+    for figure in ("resnet20: classic loop, fp32", "resnet20: trainer, dense", "(default)",
+                   "resnet20: trainer, ps 0.5 qw 8 qa 8", "densenet: trainer, dense",
+                   "resnet18 groups 8: trainer, dense", "resnet20: trainer, torch.compile",
                    "ps 0.5 qw 8 qa 8, torch.compile", "one epoch of 50,000 images", "2 concurrent trial(s)",
                    "orchestration per trial", "peak RSS", "peak GPU memory allocated"):
         assert figure in text, figure

@@ -205,6 +205,13 @@ def test_unstructured_pruning_zeroes_the_fraction_pu(pu):
     assert len(masks(model)) == n_layers
 
 
+def test_unstructured_pruning_of_a_channels_last_model():
+    """A model trained in bf16 + channels_last is pruned like any other (global_unstructured views the weights)."""
+    model = small("resnet20").to(memory_format=torch.channels_last)
+    prune_unstructured(model, 0.5)
+    assert weight_sparsity(model) == pytest.approx(0.5, abs=0.01)
+
+
 def test_unstructured_pruning_is_global_by_magnitude():
     model = small("resnet20")
     threshold = torch.cat([m.weight.detach().abs().flatten() for m in model.modules()

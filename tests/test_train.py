@@ -126,3 +126,50 @@ def test_distillation_config_validation():
         Distillation(alpha=1.5)
     with pytest.raises(ConfigError, match="temperature"):
         Distillation(temperature=0)
+
+
+def test_precision_config_validation():
+    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32"):
+        TrainConfig(precision="fp16")
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
+                                            ({"avx512f", "avx2"}, False), (set(), False)])
+def test_auto_precision_follows_the_cpu_bf16_instructions(monkeypatch, flags, expected):
+    monkeypatch.setattr(train_module, "cpu_flags", lambda: frozenset(flags))
+    cpu = torch.device("cpu")
+    assert train_module.native_bf16("cpu") is expected
+    assert train_module.device_setup(cpu) == ((torch.bfloat16, True) if expected else (None, False))
+    # explicit choices win over the hardware; channels_last follows bf16 unless set
+    assert train_module.device_setup(cpu, "fp32") == (None, False)
+    assert train_module.device_setup(cpu, "bf16") == (torch.bfloat16, True)
+    assert train_module.device_setup(cpu, "bf16", channels_last=False) == (torch.bfloat16, False)
+    assert train_module.device_setup(cpu, "fp32", channels_last=True) == (None, True)
+
+
+def _conv_output_dtypes(model, run):
+    """{training mode: the dtypes the convs computed in} while ``run()`` runs."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.setdefault(m.training, set()).add(o.dtype))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    run()
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_training_precision_is_what_the_config_says_and_evaluation_stays_float32(digits, precision, dtype):
+    from search.compress import prune_structured, quantize_model
+
+    torch.manual_seed(0)
+    model = quantize_model(prune_structured(build_model("resnet20", width=0.5), 0.3), 8, 8)
+    trainer = Trainer(model, digits, TrainConfig(epochs=3, lr=0.1, batch_size=64, precision=precision))
+    # training steps in the config's precision; the per-epoch validation in float32
+    assert _conv_output_dtypes(model, trainer.run) == {True: {dtype}, False: {torch.float32}}
+    assert trainer.history[-1].val_accuracy > 0.6  # learns under QAT in either precision (chance is 0.1)
+    weight = next(m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert weight.dtype == torch.float32  # autocast: the master weights stay float32
+    assert weight.is_contiguous(memory_format=torch.channels_last) is (precision == "bf16")
+    seen = _conv_output_dtypes(model, lambda: trainer.evaluate(digits.x_test, digits.y_test))
+    assert seen == {False: {torch.float32}}  # the reported accuracy is the float32 model's on a CPU

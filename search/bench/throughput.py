@@ -3,7 +3,8 @@
 Classic loop: a Dataset that makes a PIL image per item with torchvision transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor, Normalize) and a DataLoader with worker processes: the pattern of the seeds'
 scripts. Project loop: :class:`search.train.Trainer` (uint8 tensors on the device, batched tensor augmentation).
-Both are timed after two warm-up steps, over the same number of steps of the same batch size.
+Both are timed after two warm-up steps, over the same number of steps of the same batch size. The classic loop can
+run under the trainer's precision (bf16 autocast, channels_last), so that the two differ only in the data pipeline.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torchvision import transforms
 
 from search.candidate import Candidate, compress
 from search.data import DataConfig, Splits, load_data
-from search.train import TrainConfig, Trainer
+from search.train import TrainConfig, Trainer, device_setup
 
 
 class PILDataset(Dataset):
@@ -48,10 +49,13 @@ def cifar_shaped(images: int, device: torch.device | str = "cpu") -> Splits:
 
 def classic_images_per_s(candidate: Candidate, data: Splits, steps: int, loader_workers: int = 2,
                          warmup: int = 2) -> float:
-    """The classic loop on the candidate's dense model (CPU)."""
+    """The classic loop on the candidate's dense model (CPU), at the precision ``candidate.train`` asks for."""
     torch.manual_seed(0)
     model = candidate.build(data.num_classes)
     cfg = candidate.train
+    autocast_dtype, channels_last = device_setup(torch.device("cpu"), cfg.precision, cfg.channels_last)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                                 weight_decay=cfg.weight_decay)
     x = data.x_train.cpu().permute(0, 2, 3, 1).contiguous().numpy()
@@ -64,7 +68,10 @@ def classic_images_per_s(candidate: Candidate, data: Splits, steps: int, loader_
             n, start = 0, time.perf_counter()
         if i == warmup + steps:
             break
-        loss = F.cross_entropy(model(xb), yb)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(model(xb), yb)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -46,6 +46,8 @@ def add_parser(commands) -> None:
     t.add_argument("--label-smoothing", type=float)
     t.add_argument("--schedule", help="onecycle or cosine")
     t.add_argument("--seed", type=int)
+    t.add_argument("--precision", help="auto (default: bf16 autocast where the device computes bf16 natively), bf16 "
+                                       "or fp32")
     add_data_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on the last line of stdout")
     p.set_defaults(handler=run)
@@ -88,7 +90,8 @@ def job_from_args(args) -> tuple[Candidate, DataConfig, TeacherSpec]:
     elif args.kd_alpha is not None or args.kd_final_temperature is not None:
         raise ConfigError("--kd-alpha and --kd-final-temperature need --kd-temperature (distillation is off)")
     train = dict(cand.get("train") or {})
-    for key in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "schedule", "seed"):
+    for key in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "schedule", "seed",
+                "precision"):
         _set(train, key, getattr(args, key))
     if train:
         cand["train"] = train

@@ -251,6 +251,9 @@ def prune_unstructured(model: nn.Module, pu: float) -> None:
     pu = _check_ratio("pu", pu)
     if pu == 0:
         return
+    # global_unstructured flattens the weights with view(), which fails on channels_last weights (a model trained in
+    # bf16 + channels_last); the trainer makes the model channels_last again after compression.
+    model.to(memory_format=torch.contiguous_format)
     params = [(m, "weight") for m in _prunable(model)]
     prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=pu)
 
