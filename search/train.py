@@ -157,7 +157,7 @@ def device_setup(device: torch.device, precision: str = "auto",
 
     ``precision``: bf16 autocast when "bf16", or when "auto" and the device computes bf16 natively (CUDA; x86 CPUs
     with AVX512-BF16 or AMX). ``channels_last`` None means: with bf16, where oneDNN's and cuDNN's fast bf16 kernels
-    want NHWC. In float32 on a CPU it is left off: it slowed DenseNet down (BENCHMARKS.md, "bf16 on the CPU").
+    want NHWC. In float32 on a CPU it is left off: there it slowed DenseNet down (BENCHMARKS.md, 2026-11-24).
     """
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device.type))
     return (torch.bfloat16 if bf16 else None), (bf16 if channels_last is None else channels_last)
