@@ -144,10 +144,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def native_bf16(device_type: str) -> bool:
-    """Whether ``device_type`` computes bf16 convolutions natively, so that bf16 autocast pays off: CUDA, and CPUs
-    with AVX512-BF16 or AMX-BF16. Elsewhere ``precision: bf16`` still forces it."""
+    """Whether ``device_type`` computes bf16 convolutions natively, so that bf16 autocast pays off: CUDA GPUs from
+    Ampere on, and CPUs with AVX512-BF16 or AMX-BF16. Elsewhere ``precision: bf16`` still forces it."""
     if device_type == "cuda":
-        return torch.cuda.is_available()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return device_type == "cpu" and bool(cpu_flags() & BF16_CPU_FLAGS)
 
 
@@ -155,8 +155,8 @@ def device_setup(device: torch.device, precision: str = "auto",
                  channels_last: bool | None = None) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, or None for float32; channels_last) for training on ``device``.
 
-    ``precision``: bf16 autocast when "bf16", or when "auto" and the device computes bf16 natively (CUDA; x86 CPUs
-    with AVX512-BF16 or AMX). ``channels_last`` None means: with bf16, where oneDNN's and cuDNN's fast bf16 kernels
+    ``precision``: bf16 autocast when "bf16", or when "auto" and the device computes bf16 natively (see
+    :func:`native_bf16`). ``channels_last`` None means: with bf16, where oneDNN's and cuDNN's fast bf16 kernels
     want NHWC. In float32 on a CPU it is left off: there it slowed DenseNet down (BENCHMARKS.md, 2026-11-24).
     """
     bf16 = precision == "bf16" or (precision == "auto" and native_bf16(device.type))

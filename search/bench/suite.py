@@ -114,7 +114,7 @@ def run_suite(sizes: Sizes = FULL, device: str | None = None, say: Callable[[str
         rate, first = trainer_images_per_s(cand, cifar_shaped(sizes.epoch_images, device))
         rows.append(Row("resnet20: one epoch of 50,000 images", sizes.epoch_images / rate, "s", target="<= 1.0 s",
                         met=sizes.epoch_images / rate <= 1.0,
-                        note=f"bf16, channels_last, batch 512, torch.compile (compile {first:.1f} s apart)"))
+                        note=f"{precision}, batch 512, torch.compile (compile {first:.1f} s apart)"))
     else:
         rows.append(Row("resnet20: one epoch of 50,000 images (CPU, projected)", 50_000 / rates["resnet20"], "s",
                         note=f"from the dense rate over {steps} steps; the GPU target (<= 1.0 s) is still to be "
