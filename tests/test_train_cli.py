@@ -71,6 +71,7 @@ def bad_npz(path):
     (lambda d: ["train", "--epochs", "2", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (lambda d: ["train", "--arch", "resnet20", "--ps", "0.9", "--pu", "0.2"], "ps + pu must be below 1"),
     (lambda d: ["train", "--kd-alpha", "0.5"], "need --kd-temperature"),
+    (lambda d: ["train", "--precision", "fp16"], "precision must be one of auto, bf16, fp32"),
     (lambda d: ["train", str(d / "none.yaml")], "none.yaml: no such file"),
     (lambda d: ["train", "--device", "cuda:0"] if not _cuda() else ["train", "--device", "tpu"], "device"),
 ])
