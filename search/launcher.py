@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.runner import ENV_THREADS
 from search.storage import ENV_STORAGE
+from search.threads import ENV_THREADS
 
 STOP_GRACE_S = 60.0  # after SIGTERM a worker queues its trial again and exits; after this it is killed
 
@@ -30,9 +30,9 @@ class WorkerPlan:
     threads: int
 
 
-def plan_workers(workers: int, gpus: list[str], cpus: int) -> list[WorkerPlan]:
-    """Round-robin GPUs over the workers; split the CPU cores between them."""
-    threads = max(1, cpus // workers)
+def plan_workers(workers: int, gpus: list[str], cpus: int, threads: int | None = None) -> list[WorkerPlan]:
+    """Round-robin GPUs over the workers; split the CPU cores between them (unless ``threads`` is given)."""
+    threads = threads or max(1, cpus // workers)
     return [WorkerPlan(i, gpus[i % len(gpus)] if gpus else None, threads) for i in range(workers)]
 
 
@@ -49,10 +49,9 @@ def visible_gpus() -> list[str]:
 
 
 def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from search.threads import available_cores
+
+    return available_cores()
 
 
 def worker_env(plan: WorkerPlan, storage_url: str) -> dict:

@@ -8,6 +8,13 @@ worker never blocks the others:
 - PostgreSQL: a session-level advisory lock (``pg_advisory_lock``) on a connection of its own;
 - MySQL / MariaDB: ``GET_LOCK`` on a connection of its own;
 - SQLite and journal files: a lock file next to the database (``filelock``; ``flock`` underneath).
+
+Over a database outage (:mod:`search.outage`), taking a server lock retries until the storage is back or the outage
+outlasts ``storage_outage_s``. A lock held while its session dies (the server restarted) is gone: the server has
+released it, and another worker may take it while the holder is still inside. For the claim that window is the short
+moment between counting the trials and creating one, so an outage landing exactly there can make one trial more
+than ``n_trials``; for the teacher, a second worker may train it too (both upload it; the study keeps the last).
+Releasing a lock whose session died is a no-op.
 """
 
 from __future__ import annotations
@@ -67,11 +74,43 @@ class _ServerLock(StudyLock):
         self.url = url
         self.connection = None
 
+    def _acquire(self) -> None:
+        from search.outage import tracker
+
+        outages = tracker(self.url)  # set when the study's storage was opened with storage_outage_s
+        if outages is None:
+            self._lock()
+            return
+
+        def attempt() -> None:
+            try:
+                self._lock()
+            except Exception:
+                self._drop()  # a half-made session: start over on a new one
+                raise
+
+        outages.retry(attempt)
+
+    def _lock(self) -> None: ...
+
+    def _drop(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:
+                pass  # already dead
+
     def _connect(self):
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+        from search.outage import POSTGRES_KEEPALIVES, tracker
+
+        args: dict = {"connect_timeout": 10}
+        if tracker(self.url) is not None and isinstance(self, PostgresLock):
+            args.update(POSTGRES_KEEPALIVES)  # a lock awaited for minutes (the teacher's) notices a vanished server
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, connect_args=args)
         return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
     def _release(self) -> None:
@@ -79,14 +118,23 @@ class _ServerLock(StudyLock):
         if connection is not None:
             try:
                 self._unlock(connection)
+            except Exception as e:
+                from search.outage import is_transient
+
+                if not is_transient(e):
+                    raise
+                # the session died (an outage): the server dropped the lock with it
             finally:
-                connection.close()  # the server drops the lock with the session in any case
+                try:
+                    connection.close()  # the server drops the lock with the session in any case
+                except Exception:
+                    pass
 
     def _unlock(self, connection) -> None: ...
 
 
 class PostgresLock(_ServerLock):
-    def _acquire(self) -> None:
+    def _lock(self) -> None:
         from sqlalchemy import text
 
         self.connection = self._connect()
@@ -102,7 +150,7 @@ class MySQLLock(_ServerLock):
     def _lock_name(self) -> str:
         return "micronet-" + hashlib.blake2b(self.name.encode(), digest_size=16).hexdigest()  # names: <= 64 chars
 
-    def _acquire(self) -> None:
+    def _lock(self) -> None:
         from sqlalchemy import text
 
         self.connection = self._connect()

@@ -33,14 +33,12 @@ class Objective:
         self.loaded, self.config, self.space = loaded, loaded.config, loaded.space
         self.data, self.teacher, self.artifact_store, self.stopper = data, teacher, artifact_store, stopper
         self.on_epoch = on_epoch  # progress display: (trial number, EpochReport)
-        self.on_start = on_start  # called once Optuna has created the trial (the runner's claim is released)
+        self.on_start = on_start  # called once the trial is sampled and checked for twins (releases the claim)
         self.worker = worker
         self.current_trial_id: int | None = None
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = trial._trial_id
-        if self.on_start is not None:
-            self.on_start()
         try:
             values = self._run(trial)
         except Exception:  # finished one way or another (pruned, failed): its resume checkpoint is no use now
@@ -52,8 +50,19 @@ class Objective:
 
     def _run(self, trial: optuna.Trial):
         start = time.perf_counter()
-        values = self.space.sample(trial)
+        try:
+            values = self.space.sample(trial)
+            if self.worker:
+                trial.set_user_attr("worker", self.worker)
+            # Still under the runner's claim: every trial started before this one has all its parameters, so
+            # two workers that draw the same candidate at once see each other here.
+            duplicate = _duplicate_of(trial)
+        finally:
+            if self.on_start is not None:
+                self.on_start()
         sample_s = time.perf_counter() - start  # the sampler's share of the orchestration
+        if duplicate:
+            _prune(trial, duplicate)
         try:
             candidate = candidate_from(values, self.config)
             if candidate.distillation is not None and self.teacher is None:
@@ -69,8 +78,6 @@ class Objective:
             "nonzero_params": cost.compressed.nonzero_params, "course_score": score,
             "measured_score": cost.measured_score.total, "device": str(self.data.device),
         })
-        if self.worker:
-            trial.set_user_attr("worker", self.worker)
         reason = self._dominated_before_training(trial, score)
         if reason:
             _prune(trial, reason)
@@ -119,6 +126,7 @@ class Objective:
             "epochs_run": result.epochs_run, "wall_s": time.perf_counter() - start,
             "train_s": result.wall_s - spent[0], "bookkeeping_s": spent[0], "sample_s": sample_s,
             "images_per_s": result.train_images_per_s, "sparsity": result.sparsity,
+            "threads": torch.get_num_threads(),  # this worker's share of its host's cores when the trial ended
             "nonzero_params": result.costs.compressed.nonzero_params,
             "measured_score": result.costs.measured_score.total,
         })
@@ -169,16 +177,23 @@ class Objective:
             pass  # already gone (another retry of the same trial removed it)
 
     def _finished(self, trial) -> list[Finished]:
-        done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return [Finished(t.values[1], dict(t.intermediate_values)) for t in done]
+        """The rivals the stopper compares ``trial`` with: the complete trials, or for a stopper that sees "all"
+        every other trial with a learning curve (complete, stopped early, running)."""
+        if self.stopper.sees != "all":
+            done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return [Finished(t.values[1], dict(t.intermediate_values)) for t in done]
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        return [Finished(t.values[1] if t.state == TrialState.COMPLETE else t.user_attrs["course_score"],
+                         dict(t.intermediate_values))
+                for t in trial.study.get_trials(deepcopy=False, states=states)
+                if t.number != trial.number and t.intermediate_values
+                and (t.state == TrialState.COMPLETE or "course_score" in t.user_attrs)]
 
     def _dominated_before_training(self, trial, score: float) -> str | None:
         pruner = self.config.pruner
         if not pruner.skip_dominated:
             return None
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.params == trial.params:
-                return f"same parameters as trial {t.number}, already finished"
             if t.values[1] <= score and t.values[0] >= pruner.skip_accuracy:
                 return (f"cannot enter the front: trial {t.number} has score {t.values[1]:.4g} <= {score:.4g} "
                         f"and accuracy {t.values[0]:.4f} >= {pruner.skip_accuracy:g}")
@@ -192,6 +207,29 @@ class Objective:
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                            study_or_trial=trial, mimetype="application/octet-stream")
         trial.set_user_attr("checkpoint_artifact_id", artifact_id)
+
+
+def _duplicate_of(trial) -> str | None:
+    """Why ``trial`` need not be trained: a finished trial, or a running one that started first, has its parameters.
+
+    Called under the study's claim lock, after sampling: the trials that started earlier have all their
+    parameters. Of two running twins only the later defers, so a candidate is trained once, never zero times. A
+    retry of a failed trial (``failed_trial``) is the one legitimate repeat: its original is FAIL, a state not
+    looked at here.
+    """
+    if trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial") is not None:
+        return None
+    params = trial.params
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                            TrialState.RUNNING)):
+        if t.number == trial.number or t.params != params:
+            continue
+        if t.state == TrialState.RUNNING:
+            if t.number < trial.number:
+                return f"same parameters as trial {t.number}, running"
+        else:
+            return f"same parameters as trial {t.number}, already {t.state.name.lower()}"
+    return None
 
 
 class _Lazy(Sequence):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.errors import ConfigError
+from search.front import dominates
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Finished:
 
 
 class EarlyStopper(ABC):
+    # Which trials ``finished`` holds: "complete" (the finished trials), or "all" (every other trial with a learning
+    # curve: complete, stopped early and still running; successive halving compares a trial with all of them).
+    sees = "complete"
+
     @abstractmethod
     def should_stop(self, epoch: int, accuracy: float, score: float, finished: list[Finished]) -> str | None:
         """The reason to stop a trial of ``score`` at ``epoch`` with ``accuracy``, or None to let it run."""
@@ -80,6 +85,85 @@ class ParetoStopper(EarlyStopper):
         return None
 
 
+@dataclass(frozen=True)
+class MOASHAStopper(EarlyStopper):
+    """Asynchronous successive halving for several objectives (MO-ASHA, Schmucker et al. 2021), stopping variant.
+
+    Rungs lie at epochs ``min_epochs · reduction_factor^k``. A trial that reaches a rung is ranked with every other
+    trial that reached it (complete, stopped or running) on the two objectives at that rung: validation accuracy
+    there (higher is better) and the score (lower is better). Ranks come from non-dominated sorting, ties within
+    a front from the crowding distance (NSGA-II): the extremes of each front first, so the ends of the front are
+    kept. The trial goes on if it is among the best ``ceil(n / reduction_factor)`` of the ``n``; with fewer than
+    ``min_trials`` at the rung it goes on in any case. Unlike the Pareto stopper it needs no finished rival, so it
+    bounds what one candidate may spend before there is evidence for it.
+
+    Syne Tune's ``MOASHA`` was the reference read; the sorting below is written here because Optuna's
+    non-dominated sort is private API and the sets are small (the trials of one study at one rung).
+    """
+
+    sees = "all"
+    min_epochs: int = 1
+    reduction_factor: float = 3.0
+    min_trials: int = 3
+
+    def __post_init__(self):
+        if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 1:
+            raise ConfigError(f"moasha min_epochs must be an integer >= 1, got {self.min_epochs!r}")
+        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, (int, float)) \
+                or not self.reduction_factor > 1:
+            raise ConfigError(f"moasha reduction_factor must be a number > 1, got {self.reduction_factor!r}")
+        if isinstance(self.min_trials, bool) or not isinstance(self.min_trials, int) or self.min_trials < 1:
+            raise ConfigError(f"moasha min_trials must be an integer >= 1, got {self.min_trials!r}")
+
+    def rungs(self, max_epoch: int) -> list[int]:
+        """The rung epochs up to ``max_epoch`` (rounded down, without repeats)."""
+        out, r = [], float(self.min_epochs)
+        while int(r) <= max_epoch:
+            if not out or int(r) != out[-1]:
+                out.append(int(r))
+            r *= self.reduction_factor
+        return out
+
+    def should_stop(self, epoch, accuracy, score, finished):
+        if epoch not in self.rungs(epoch):
+            return None
+        points = [(accuracy, score)] + [(f.curve[epoch], f.score) for f in finished if epoch in f.curve]
+        n = len(points)
+        if n < self.min_trials:
+            return None
+        keep = math.ceil(n / self.reduction_factor)
+        position = rank_order(points).index(0)
+        if position < keep:
+            return None
+        return (f"rung at epoch {epoch}: rank {position + 1} of {n} trials there by non-dominated sorting of "
+                f"(accuracy {accuracy:.4f}, score {score:.4g}); only the best {keep} go on")
+
+
+def rank_order(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of ``points`` (accuracy to maximize, score to minimize), best first: by non-dominated front, then
+    by crowding distance within the front (largest first), then by index."""
+    remaining = list(range(len(points)))
+    order: list[int] = []
+    while remaining:
+        front = [i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)]
+        crowding = _crowding(front, points)
+        order += sorted(front, key=lambda i: (-crowding[i], i))
+        remaining = [i for i in remaining if i not in front]
+    return order
+
+
+def _crowding(front: list[int], points) -> dict[int, float]:
+    distance = dict.fromkeys(front, 0.0)
+    for k in (0, 1):
+        ordered = sorted(front, key=lambda i: points[i][k])
+        span = points[ordered[-1]][k] - points[ordered[0]][k]
+        distance[ordered[0]] = distance[ordered[-1]] = math.inf
+        if span > 0:
+            for j in range(1, len(ordered) - 1):
+                distance[ordered[j]] += (points[ordered[j + 1]][k] - points[ordered[j - 1]][k]) / span
+    return distance
+
+
 def make_stopper(name: str, **options) -> EarlyStopper:
     if name in ("none", "off"):
         if options:
@@ -92,4 +176,11 @@ def make_stopper(name: str, **options) -> EarlyStopper:
             known = "warmup_epochs, min_trials, percentile"
             bad = sorted(set(options) - set(known.split(", ")))
             raise ConfigError(f"unknown pruner option {bad[0]!r}; the pareto pruner takes {known}") from None
-    raise ConfigError(f"unknown pruner {name!r}; use pareto or none")
+    if name == "moasha":
+        options.pop("accuracy_floor", None)  # rungs rank by both objectives; the floor stays a constraint
+        known = "min_epochs, reduction_factor, min_trials"
+        bad = sorted(set(options) - set(known.split(", ")))
+        if bad:
+            raise ConfigError(f"unknown pruner option {bad[0]!r}; the moasha pruner takes {known}")
+        return MOASHAStopper(**options)
+    raise ConfigError(f"unknown pruner {name!r}; use pareto, moasha or none")

@@ -9,26 +9,27 @@ heartbeat marks its trial FAILED and re-queues it, and a waiting worker picks it
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
-from search.data import load_data
+from search.data import Splits, load_data
 from search.device import pick_device
 from search.locks import study_lock
 from search.objective import Objective
 from search.storage import artifact_store, retry_callback
 from search.study import LoadedStudy, open_study
 from search.teacher import get_shared_teacher
+from search.threads import ENV_THREADS, FairThreads, HostWorkers, fixed_threads
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-ENV_THREADS = "MICRONET_THREADS"
 
 
 def needs_teacher(loaded: LoadedStudy) -> bool:
@@ -47,20 +48,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def set_threads() -> None:
-    """``MICRONET_THREADS`` torch threads (set by ``run --workers``); several workers on one machine must share its
-    cores: oversubscribed, a training step here ran 50x slower."""
-    threads = os.environ.get(ENV_THREADS)
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
-
-
 def run_study(loaded: LoadedStudy, on_epoch=None, on_trial: Callable | None = None, on_teacher_epoch=None,
               study: optuna.Study | None = None, on_event: Callable[[str], None] | None = None,
-              artifacts: str | None = None) -> optuna.Study:
+              artifacts: str | None = None, data: Splits | None = None) -> optuna.Study:
     """Run trials of ``loaded`` (opened here unless ``study`` is given) until the study's budget is spent.
 
-    ``on_event(text)`` hears what the worker does besides training: waiting, re-queueing, the teacher.
+    ``on_event(text)`` hears what the worker does besides training: waiting, re-queueing, the teacher. ``data``:
+    the study's dataset when the caller loaded it already (the commands do, before they create the study).
     """
     cfg = loaded.config
     say = on_event or (lambda text: None)
@@ -68,11 +62,26 @@ def run_study(loaded: LoadedStudy, on_epoch=None, on_trial: Callable | None = No
         study = open_study(loaded)
     if cfg.n_trials is not None and finished_count(study) >= cfg.n_trials:
         return study
-    set_threads()
+    with HostWorkers() as host:
+        threads = FairThreads(host, fixed=fixed_threads())
+        threads.update(force=True)
+        say(f"{threads.threads} torch thread(s): " + (f"fixed by --threads / {ENV_THREADS}" if threads.fixed else
+                                                      f"{threads.cores} cores shared by the workers on this host"))
+
+        def epoch_then_threads(number, report):
+            if on_epoch is not None:
+                on_epoch(number, report)
+            threads.update()  # a worker that started or stopped on this host changes the share
+
+        return _run(loaded, study, epoch_then_threads, on_trial, on_teacher_epoch, say, artifacts, threads, data)
+
+
+def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, threads, data) -> optuna.Study:
+    cfg = loaded.config
     import ptflops  # noqa: F401  (the score's MAC counter takes seconds to import: once here, not in trial 1)
 
     device = pick_device(cfg.device)
-    data = load_data(cfg.data, device)
+    data = load_data(cfg.data, device) if data is None else data.to(device)
     store = artifact_store(artifacts or cfg.artifact_dir)
     teacher = None
     if needs_teacher(loaded):
@@ -94,13 +103,21 @@ def run_study(loaded: LoadedStudy, on_epoch=None, on_trial: Callable | None = No
                 break
             if state == "go":
                 waiting_for = None
+                threads.update(force=True)
+                # Ctrl-C can land while Optuna creates and samples the trial, before the objective knows its id:
+                # the trials running before it tell which one is this worker's (no other worker starts one while
+                # this one holds the claim)
+                running_before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                objective.current_trial_id = None
                 try:
-                    # the objective releases the claim as soon as Optuna has created (or dequeued) its trial
+                    # the objective releases the claim once its trial is sampled and checked for twins
                     # no gc_after_trial: a full collection took 0.22 s per trial here (1 % of a quickstart trial);
                     # a trial's model goes with its last reference, Python's own collector takes any cycles
-                    study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
+                    with _quiet_interrupt():
+                        study.optimize(objective, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
                 except KeyboardInterrupt:
-                    _requeue(study, objective.current_trial_id, cfg.heartbeat.max_retry, say)
+                    for trial_id in _interrupted(study, objective.current_trial_id, running_before):
+                        _requeue(study, trial_id, cfg.heartbeat.max_retry, say)
                     raise
                 continue
         if state != waiting_for:
@@ -136,12 +153,24 @@ def _poll_seconds(heartbeat_interval: int) -> float:
     return min(5.0, max(0.5, heartbeat_interval / 2))
 
 
-def _requeue(study: optuna.Study, trial_id: int | None, max_retry: int, say) -> None:
+def _interrupted(study: optuna.Study, current: int | None, running_before: set[int]) -> list[int]:
+    """The trial this worker was running when it was interrupted: the objective's, or, when the interrupt came
+    before the objective started (while Optuna created the trial or sampled it jointly), the trial that started
+    running since ``running_before`` was taken, under this worker's claim."""
+    if current is not None:
+        return [current]
+    return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t._trial_id not in running_before]
+
+
+def _requeue(study: optuna.Study, trial_id: int, max_retry: int, say) -> None:
     """A worker stopped by Ctrl-C or SIGTERM (a pre-empted job) queues its trial again, as a dead worker's would
     be after the grace period, so a later worker resumes it from its last epoch checkpoint."""
-    if trial_id is None:
-        return
     trial = study._storage.get_trial(trial_id)
+    if trial.state == TrialState.RUNNING:
+        # interrupted outside the objective (Optuna fails only what the objective raises): nobody else will end it
+        study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        trial = study._storage.get_trial(trial_id)
     if trial.state != TrialState.FAIL:
         return
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -149,3 +178,33 @@ def _requeue(study: optuna.Study, trial_id: int | None, max_retry: int, say) -> 
     if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
         epoch = (trial.user_attrs.get("resume") or {}).get("epoch")
         say(f"trial {trial.number} stopped and queued again" + (f"; it resumes after epoch {epoch}" if epoch else ""))
+    else:
+        say(f"trial {trial.number} stopped; not queued again: it was already retried {max_retry} time(s) "
+            f"(heartbeat max_retry)")
+
+
+class _InterruptFilter(logging.Filter):
+    """Drops Optuna's two warnings about a trial failed by KeyboardInterrupt (the first with a 40-line traceback):
+    a worker stopped by Ctrl-C or SIGTERM re-queues its trial and says so in one line (``_requeue``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+            self.interrupted.add(message.split(" failed", 1)[0])  # "Trial N"
+            return False
+        return not (" failed with value " in message and message.split(" failed", 1)[0] in self.interrupted)
+
+
+@contextmanager
+def _quiet_interrupt():
+    logger = logging.getLogger("optuna.study._optimize")
+    quiet = _InterruptFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

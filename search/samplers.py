@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 
 
@@ -35,3 +36,61 @@ class ParetoTPESampler(optuna.samplers.TPESampler):
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return super().sample_independent(_FirstDirection(study), trial, param_name, param_distribution)
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """Any Optuna sampler, its random state re-seeded before each trial from (study seed, trial number).
+
+    Workers of one study each build the sampler from the study file's seed. Seeded once, N workers draw the same
+    start-up candidates, and given the same history the same later ones too: up to (N-1)/N of the budget trained
+    twice. Trial numbers are unique in a study, so seeding per trial makes every worker's draws differ, while a
+    study run again with the same history (one worker, or the same interleaving) draws the same candidates.
+    Optuna's own ``reseed_rng`` draws a fresh random seed (for ``n_jobs``), which gives up reproducibility.
+    """
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler, seed: int):
+        self.sampler, self.seed = sampler, seed
+        self._states: list | None = None
+
+    def __str__(self) -> str:
+        return f"{type(self.sampler).__name__}(per-trial seeds from {self.seed})"
+
+    def _random_states(self) -> list:
+        """Every LazyRandomState inside the wrapped sampler (its own, its fallback random sampler's, its
+        strategies'), found by walking its attributes: samplers added later are covered without a list here."""
+        from optuna.samplers._lazy_random_state import LazyRandomState
+
+        found, seen, todo = [], set(), [self.sampler]
+        while todo:
+            obj = todo.pop(0)
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, LazyRandomState):
+                found.append(obj)
+            elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+                todo.extend(v for v in vars(obj).values() if hasattr(v, "__dict__"))
+        return found
+
+    def before_trial(self, study, trial) -> None:
+        if self._states is None:
+            self._states = self._random_states()
+        seeds = np.random.SeedSequence([self.seed, trial.number]).generate_state(len(self._states))
+        for state, seed in zip(self._states, seeds, strict=True):
+            state.rng.seed(int(seed))
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()

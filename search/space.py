@@ -111,7 +111,131 @@ def parse_space(raw: dict, source: str = "space") -> Space:
     specs: list[ParamSpec] = []
     for name, spec in params.items():
         specs.append(_parse_param(name, spec, [s.name for s in specs], f"{source}: params.{name}"))
+    for spec in specs:
+        _check_buildable(spec, specs, f"{source}: params.{spec.name}")
     return Space(tuple(specs), float(bound), source)
+
+
+# --- values that can never build: refused when the space is read, before a study exists ---
+# Each check calls the constructor that would refuse the value in a trial, so the rule (and its message with the
+# legal values) lives in one place. Combinations that depend on other values (groups against a layer's channels)
+# are left to the trial.
+
+def _model_check(option: str):
+    def check(value):
+        from search.models.layers import check_positive_int, check_width
+
+        if option == "width":
+            check_width("every arch", value)
+        elif option in ("groups", "growth_rate"):
+            check_positive_int("every arch", option, value)
+        elif option in ("depthwise", "bottleneck"):
+            _bool_check(option)(value)
+        else:  # blocks
+            from search.study import _blocks
+
+            blocks = _blocks(value)
+            if not blocks or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks):
+                raise ConfigError(f"blocks must be positive layer counts like '6,6,6', got {value!r}")
+    return check
+
+
+def _compression_check(key: str):
+    def check(value):
+        from search.score import Compression
+
+        if key in ("ps", "pu") and _number(value) and value >= 1:
+            raise ConfigError(f"{key} must be in [0, 1) (a fraction of the weights), got {value!r}")
+        Compression(**{key: value})
+    return check
+
+
+def _train_check(key: str):
+    def check(value):
+        from search.train import TrainConfig
+
+        TrainConfig(**{key: value})
+    return check
+
+
+def _distillation_check(key: str):
+    def check(value):
+        from search.train import Distillation
+
+        Distillation(**{key: value})
+    return check
+
+
+def _arch_check(value):
+    from search.models import list_models
+
+    if not isinstance(value, str) or value not in list_models():
+        raise ConfigError(f"unknown arch {value!r}; known archs: {', '.join(list_models())}")
+
+
+def _bool_check(key: str):
+    def check(value):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return check
+
+
+def _compress_at_check(value):
+    if not _number(value) or not 0 <= value < 1:
+        raise ConfigError(f"compress_at must be in [0, 1) (the fraction of the epochs trained dense), got {value!r}")
+
+
+def _cutout_check(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"cutout must be an integer >= 0 (pixels; 0 = off), got {value!r}")
+
+
+CHECKS = {
+    "arch": _arch_check, **{k: _model_check(k) for k in ("width", "groups", "depthwise", "growth_rate", "blocks",
+                                                            "bottleneck")},
+    **{k: _compression_check(k) for k in ("ps", "pu", "qw", "qa")}, "compress_at": _compress_at_check,
+    "distillation": _bool_check("distillation"), "kd_decreasing": _bool_check("kd_decreasing"),
+    "kd_temperature": _distillation_check("temperature"), "kd_alpha": _distillation_check("alpha"),
+    **{k: _train_check(k) for k in ("lr", "weight_decay", "label_smoothing", "batch_size")}, "cutout": _cutout_check,
+}
+MODEL_OPTIONS = ("width", "groups", "depthwise", "growth_rate", "blocks", "bottleneck")
+
+
+def _values(spec: ParamSpec) -> list:
+    """The values to check: every choice, the fixed value, or a range's two ends (the checks are monotone)."""
+    if spec.fixed:
+        return [spec.value]
+    if spec.choices is not None:
+        return list(spec.choices)
+    if spec.integer:
+        return [int(spec.low), int(spec.high)]
+    return [spec.low, spec.high]
+
+
+def _check_buildable(spec: ParamSpec, specs: list[ParamSpec], where: str) -> None:
+    for value in _values(spec):
+        try:
+            CHECKS[spec.name](value)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {value!r} can never build: {e}") from None
+    if spec.name in MODEL_OPTIONS:
+        _check_option(spec, specs, where)
+
+
+def _check_option(spec: ParamSpec, specs: list[ParamSpec], where: str) -> None:
+    """A model option must be taken by every arch it can be sampled with (``when: {arch: ...}`` narrows them)."""
+    from search.models.registry import model_options
+
+    arch = next((s for s in specs if s.name == "arch"), None)
+    archs = ["resnet20"] if arch is None else _values(arch)  # the candidate's default arch
+    if "arch" in spec.when:
+        archs = [a for a in archs if a in spec.when["arch"]]
+    refusing = [a for a in archs if spec.name not in model_options(a)]
+    if refusing:
+        taking = [a for a in archs if a not in refusing]
+        hint = (f"sample it only for {', '.join(taking)} with when: {{arch: [{', '.join(taking)}]}}" if taking
+                else "remove it or add an arch that takes it")
+        raise ConfigError(f"{where}: {', '.join(refusing)} has no option {spec.name!r}; {hint}")
 
 
 def _parse_param(name, spec, earlier: list[str], where: str) -> ParamSpec:

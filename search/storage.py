@@ -1,5 +1,6 @@
 """Where studies live: the storage URL (flag > MICRONET_STORAGE > study file > SQLite default), passwords masked in
-everything we print, unreachable databases reported in one line, and the artifact store for checkpoints."""
+everything we print, unreachable databases reported in one line, outages of database servers ridden out
+(:mod:`search.outage`), and the artifact store for checkpoints."""
 
 from __future__ import annotations
 
@@ -24,8 +25,41 @@ def default_storage(study_name: str) -> str:
     return f"sqlite:///studies/{study_name}.db"
 
 
+URL_FORMS = ("sqlite:///FILE.db", "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+             "mysql+pymysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE", "journal:FILE")
+
+
 def resolve_storage(flag: str | None, from_file: str | None, study_name: str) -> str:
-    return flag or os.environ.get(ENV_STORAGE) or from_file or default_storage(study_name)
+    url = flag or os.environ.get(ENV_STORAGE) or from_file or default_storage(study_name)
+    check_url(url)
+    return url
+
+
+def check_url(url: str) -> None:
+    """Refuse, in one line naming the forms that work, a URL of a kind no storage here can open: an unknown scheme,
+    or a database driver that is not installed."""
+    if not isinstance(url, str):
+        raise StorageError(f"storage must be a URL string, got {url!r}; use {', '.join(URL_FORMS)}")
+    if url.startswith("journal:") and len(url) > len("journal:"):
+        return
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    backend = scheme.partition("+")[0]
+    fix = None
+    if backend == "sqlite" and url.startswith("sqlite:///"):
+        return
+    if backend in ("postgresql", "mysql", "mariadb"):
+        try:  # the dialect and its driver (DBAPI) module, as SQLAlchemy will load them
+            from sqlalchemy.engine import make_url
+
+            make_url(url).get_dialect().import_dbapi()
+            return
+        except Exception as e:
+            installed = "postgresql://" if backend == "postgresql" else f"{backend}+pymysql://"
+            fix = f"its driver cannot be loaded ({type(e).__name__}: {e}); {installed} uses the installed one"
+    elif backend == "postgres":
+        fix = "write postgresql://, not postgres://"
+    raise StorageError(f"storage URL {mask(url)!r} is not one that works here" + (f": {fix}" if fix else "")
+                       + f"; use {', '.join(URL_FORMS)}")
 
 
 def mask(url: str) -> str:
@@ -49,12 +83,16 @@ def retry_callback(max_retry: int):
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retry: int = 2):
+                 max_retry: int = 2, outage_s: float | None = None):
     """An Optuna storage for ``url``: an RDB URL (sqlite, postgresql, mysql) or ``journal:PATH`` (a journal file).
 
     With ``heartbeat_interval`` (RDB storages only: Optuna's journal storage has no heartbeats) a running trial
-    whose worker stops beating for ``grace_period`` seconds is marked FAILED and re-queued.
+    whose worker stops beating for ``grace_period`` seconds is marked FAILED and re-queued. With ``outage_s``, calls
+    to a database server (PostgreSQL, MySQL) ride out an outage of up to that many seconds (:mod:`search.outage`);
+    SQLite and journal files are local files, with no server to lose. Opening fails at once, in one line: at the
+    start a wrong URL is likelier than an outage.
     """
+    check_url(url)
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -63,6 +101,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     kwargs: dict = {}
+    server = False
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) and not str(path).startswith(":memory:"):
@@ -70,6 +109,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     elif url.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres", "mysql", "mariadb"):
         # fail in seconds, not after the operating system's two-minute TCP timeout, when the host does not answer
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        server = True
+        if outage_s is not None:
+            kwargs["engine_kwargs"].update(_outage_engine_kwargs(url))
     if heartbeat_interval:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -79,11 +121,30 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         # several workers opening a new database at once would race to create Optuna's tables
         with study_lock(url, "micronet:create-tables"), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, **kwargs)
+            storage = optuna.storages.RDBStorage(url, **kwargs)
     except MicronetError:
         raise
     except Exception as e:
         raise StorageError(describe_failure(url, e)) from None
+    if not server or outage_s is None:
+        return storage
+    from search.outage import ResilientStorage, configure
+
+    grace = (grace_period or 2 * heartbeat_interval) if heartbeat_interval else None
+    # the cache Optuna itself puts around an RDBStorage (around a storage of another class it puts none)
+    return ResilientStorage(optuna.storages._CachedStorage(storage), configure(url, outage_s, mask(url)), grace)
+
+
+def _outage_engine_kwargs(url: str) -> dict:
+    """Connections that notice a dead server: after a restart the pooled connections are dead, and ``pool_pre_ping``
+    replaces them before use instead of failing a call on each; PostgreSQL connections also notice a server that
+    vanished without closing them (search.outage.POSTGRES_KEEPALIVES)."""
+    from search.outage import POSTGRES_KEEPALIVES
+
+    extra: dict = {"pool_pre_ping": True}
+    if url.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres"):
+        extra["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S, **POSTGRES_KEEPALIVES}
+    return extra
 
 
 CONNECT_TIMEOUT_S = 10
@@ -152,4 +213,15 @@ def _reason(e: Exception) -> str:
 def artifact_store(path: str | Path) -> FileSystemArtifactStore:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(str(path))
+    return _ArtifactStore(str(path))
+
+
+class _ArtifactStore(FileSystemArtifactStore):
+    """Removes an artifact only once the storage writes made before are delivered (search.outage): during an
+    outage a trial's new resume checkpoint is written but the storage still names the previous one, which must
+    stay until it names the new one."""
+
+    def remove(self, artifact_id: str) -> None:
+        from search.outage import after_buffered_writes
+
+        after_buffered_writes(lambda: super(_ArtifactStore, self).remove(artifact_id))

@@ -18,9 +18,9 @@ from search.config import from_mapping, load_yaml, to_mapping
 from search.data import DataConfig
 from search.errors import ConfigError
 from search.pruner import EarlyStopper, make_stopper
-from search.samplers import ParetoTPESampler
+from search.samplers import ParetoTPESampler, TrialSeededSampler
 from search.score import Compression, ScoreReference
-from search.space import PARAMS, Space, load_space
+from search.space import CHECKS, PARAMS, Space, load_space
 from search.storage import StorageError, mask, open_storage, resolve_storage
 from search.teacher import TeacherSpec
 from search.train import Distillation, TrainConfig
@@ -41,25 +41,33 @@ class SamplerConfig:
             raise ConfigError(f"unknown sampler {self.name!r}; use one of {', '.join(SAMPLERS)}")
 
     def build(self) -> optuna.samplers.BaseSampler:
+        """The sampler, re-seeded per trial so that parallel workers draw different candidates."""
         if self.name == "tpe":
-            return ParetoTPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
-        if self.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
-        return optuna.samplers.RandomSampler(seed=self.seed)
+            sampler = ParetoTPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
+        elif self.name == "nsga2":
+            sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
+        else:
+            sampler = optuna.samplers.RandomSampler(seed=self.seed)
+        return TrialSeededSampler(sampler, self.seed)
 
 
 @dataclass(frozen=True)
 class PrunerConfig:
-    name: str = "pareto"           # pareto or none
-    warmup_epochs: int = 2
-    min_trials: int = 4
-    percentile: float = 50.0
+    name: str = "pareto"           # pareto, moasha or none
+    warmup_epochs: int = 2         # pareto
+    min_trials: int = 4            # pareto: finished rivals needed; moasha: trials at a rung needed
+    percentile: float = 50.0       # pareto
+    min_epochs: int = 1            # moasha: the first rung
+    reduction_factor: float = 3.0  # moasha: rungs at min_epochs * reduction_factor^k; 1/reduction_factor go on
     skip_dominated: bool = True    # skip, before training, a candidate a finished trial already beats
     skip_accuracy: float = 1.0     # ... namely one with a score no worse and at least this accuracy
 
     def build(self, accuracy_floor: float | None) -> EarlyStopper:
         if self.name in ("none", "off"):
             return make_stopper("none")
+        if self.name == "moasha":
+            return make_stopper("moasha", min_epochs=self.min_epochs, reduction_factor=self.reduction_factor,
+                                min_trials=self.min_trials)
         return make_stopper(self.name, warmup_epochs=self.warmup_epochs, min_trials=self.min_trials,
                             percentile=self.percentile, accuracy_floor=accuracy_floor)
 
@@ -108,6 +116,7 @@ class StudyConfig:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
+    storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.outage); 0: none
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -125,6 +134,9 @@ class StudyConfig:
         if isinstance(self.checkpoint_min_seconds, bool) or not isinstance(self.checkpoint_min_seconds, (int, float)) \
                 or self.checkpoint_min_seconds < 0:
             raise ConfigError(f"checkpoint_min_seconds must be a number >= 0, got {self.checkpoint_min_seconds!r}")
+        if isinstance(self.storage_outage_s, bool) or not isinstance(self.storage_outage_s, (int, float)) \
+                or self.storage_outage_s < 0:
+            raise ConfigError(f"storage_outage_s must be a number of seconds >= 0, got {self.storage_outage_s!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
 
@@ -156,10 +168,14 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
         config = replace(config, **overrides)
     space = load_space(_find(config.space, path))
     for i, params in enumerate(config.enqueue):
-        for key in params:
+        for key, value in params.items():
             if key not in space.names():
                 raise ConfigError(f"{path}: enqueue[{i}] sets {key!r}, which {config.space} does not sample; "
                                   f"its parameters: {', '.join(space.names())}")
+            try:
+                CHECKS[key](value)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: enqueue[{i}].{key}: {value!r} can never build: {e}") from None
     return LoadedStudy(config, space, resolve_storage(storage, config.storage, config.name), str(path))
 
 
@@ -218,7 +234,8 @@ def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
     """
     cfg = loaded.config
     hb = cfg.heartbeat
-    storage = open_storage(loaded.storage_url, hb.interval or None, hb.grace_period or None, hb.max_retry)
+    storage = open_storage(loaded.storage_url, hb.interval or None, hb.grace_period or None, hb.max_retry,
+                           outage_s=cfg.storage_outage_s)
     space = to_mapping(loaded.space)
     space.pop("source")  # where the file was read from does not change the space
     fingerprint = json.dumps({"space": space, "directions": list(DIRECTIONS)}, sort_keys=True, default=str)

@@ -3,10 +3,13 @@ import torch
 from torch import nn
 
 from search.candidate import Candidate, costs, run_candidate
-from search.compress import QuantConv2d, fake_quantize_weight
-from search.data import DataConfig, load_data
+from search.complexity import count_params
+from search.compress import QuantAct, QuantConv2d, QuantLinear
+from search.data import DataConfig, load_data, normalize
 from search.errors import ConfigError
 from search.models import build_model
+from search.models.densenet import DenseNet
+from search.models.layers import Act
 from search.score import Compression
 from search.train import Distillation, TrainConfig
 
@@ -37,6 +40,14 @@ def test_costs_before_training_follow_each_knob():
     assert q.measured_score.total == pytest.approx(q.course_score.total, rel=0.01)
 
 
+def _accuracy(model, x, y, data):
+    """Top-1 accuracy of ``model`` recomputed here, in one eval-mode float32 batch."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(x, data.mean, data.std))
+    return (logits.argmax(1) == y).float().mean().item()
+
+
 def test_compressed_candidate_end_to_end(synthetic):
     cand = small(compression=Compression(ps=0.3, pu=0.4, qw=4, qa=8))
     result = run_candidate(cand, synthetic, test=True)
@@ -44,14 +55,29 @@ def test_compressed_candidate_end_to_end(synthetic):
     assert c.compressed.params < c.dense.params and c.compressed.macs < c.dense.macs
     assert result.sparsity == pytest.approx(0.4, abs=0.01)
     assert result.epochs_run == 2 and len(result.history) == 2
-    assert 0 <= result.val_accuracy <= 1 and 0 <= result.test_accuracy <= 1
     model = result.model
     assert not any(name.endswith("_orig") for name, _ in model.named_parameters())  # masks made permanent
-    conv = next(m for m in model.modules() if isinstance(m, QuantConv2d) and m.groups == 1 and m.kernel_size[0] == 3)
-    q = fake_quantize_weight(conv.weight.detach(), 4)
-    assert all(len(torch.unique(row)) <= 16 for row in q)
-    out = model.eval()(synthetic.x_test[:4].float())
-    assert out.shape == (4, 10)
+    # the reported accuracies are the returned (trained, compressed) model's, each on its own split
+    assert result.val_accuracy == pytest.approx(_accuracy(model, synthetic.x_val, synthetic.y_val, synthetic))
+    assert result.test_accuracy == pytest.approx(_accuracy(model, synthetic.x_test, synthetic.y_test, synthetic))
+
+    # the model computes with 4-bit weights: every conv and linear, at most 2·(2^3 - 1) + 1 = 15 levels per channel
+    weighted = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert weighted and all(isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_bits == 4 for m in weighted)
+    for m in weighted:
+        q = m.quantized_weight().detach().flatten(1)
+        assert max(len(torch.unique(row)) for row in q) <= 15
+    # ... and with 8-bit activations: each activation's output takes at most 2^8 values
+    acts = [m for m in model.modules() if isinstance(m, Act)]
+    assert acts and all(isinstance(m, QuantAct) and m.bits == 8 for m in acts)
+    levels = []
+    hooks = [m.register_forward_hook(lambda m, i, o: levels.append(len(torch.unique(o)))) for m in acts]
+    with torch.no_grad():
+        out = model.eval()(normalize(synthetic.x_test[:16], synthetic.mean, synthetic.std))
+    for h in hooks:
+        h.remove()
+    assert len(levels) == len(acts) and max(levels) <= 256
+    assert out.shape == (16, 10)
     summary = result.summary()
     for key in ("val_accuracy", "test_accuracy", "params", "macs", "compressed_params", "compressed_macs",
                 "nonzero_params", "score", "measured_score", "train_images_per_s", "wall_s"):
@@ -112,13 +138,29 @@ def test_bad_candidate_dicts(data, fragment):
     assert fragment in str(info.value)
 
 
+def _block_3x3_convs(model):
+    """The 3×3 convs inside the blocks (``groups`` applies to them; the stem conv1 stays dense)."""
+    return [m for name, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and name != "conv1"]
+
+
 def test_candidate_with_densenet_and_groups_compresses(synthetic):
-    cand = Candidate(arch="densenet", groups=2, arch_options={"growth_rate": 8, "blocks": [2, 2, 2]},
+    options = {"growth_rate": 8, "blocks": [2, 2, 2]}
+    cand = Candidate(arch="densenet", groups=2, arch_options=options,
                      compression=Compression(ps=0.3, qw=8, qa=8), train=TrainConfig(epochs=2, batch_size=64))
+    # the candidate builds the grouped DenseNet: groups=2 halves the weights of its block 3×3 convs, and only those
+    built, plain = cand.build(10), build_model("densenet", **options)
+    assert isinstance(built, DenseNet) and _block_3x3_convs(plain)
+    assert {m.groups for m in _block_3x3_convs(built)} == {2}
+    halved = sum(m.weight.numel() for m in _block_3x3_convs(plain)) // 2
+    assert count_params(built) == count_params(plain) - halved
+    assert built(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
     result = run_candidate(cand, synthetic)
+    assert result.costs.dense.params == count_params(built)
     assert result.costs.compressed.macs < result.costs.dense.macs
-    assert all(m.in_channels % m.groups == 0 for m in result.model.modules() if isinstance(m, nn.Conv2d))
-    assert build_model("densenet", growth_rate=8, blocks=[2, 2, 2], groups=2) is not None
+    assert {m.groups for m in _block_3x3_convs(result.model)} == {2}  # structured pruning kept them grouped
+    assert result.model.eval()(synthetic.x_test[:2].float()).shape == (2, 10)
 
 
 def test_known_costs_give_the_same_measurement(synthetic):

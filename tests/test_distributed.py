@@ -14,14 +14,11 @@ import uuid
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sqlalchemy import create_engine, text
-from sqlalchemy.pool import NullPool
 
 from search.locks import study_lock
 from search.study import load_study_file, open_study
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 SPACE = """\
@@ -34,33 +31,6 @@ params:
   lr: {low: 0.02, high: 0.1, log: true}
   distillation: {value: DISTILL}
 """
-
-
-def _database(server: str, admin_db: str):
-    name = f"micronet_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{server}/{admin_db}", poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f"CREATE DATABASE {name}"))
-    except Exception as e:
-        pytest.fail(f"the database server at {server} is needed (.ci/run starts it): {e}")
-    yield f"{server}/{name}"
-    with admin.connect() as c:
-        if server.startswith("postgresql"):
-            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        else:
-            c.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
-
-
-@pytest.fixture
-def postgres():
-    yield from _database(PG, "postgres")
-
-
-@pytest.fixture
-def mariadb():
-    yield from _database(MARIADB, "mysql")
 
 
 def write_study(tmp_path, n_trials, epochs=2, distill=False, heartbeat="{interval: 1, grace_period: 3}",
@@ -298,6 +268,7 @@ def assert_one_line(result, *needles, secret=None):
         assert secret not in result.stderr + result.stdout
 
 
+@pytest.mark.needs("postgresql", "mariadb")
 def test_bad_storages_fail_in_one_line(tmp_path):
     study_file = write_study(tmp_path, n_trials=2)
     r = bad(study_file, "postgresql://micronet:s3cretpw@127.0.0.1:1/micronet", tmp_path)
@@ -323,3 +294,60 @@ def test_a_study_with_other_directions_or_space_is_refused_untouched(postgres, t
     r = bad(other, postgres, tmp_path)  # ... joined with another
     assert_one_line(r, "was created with another search space")
     assert load(postgres).trials == []
+
+
+WIDE_SPACE = """\
+params:
+  arch: {value: resnet20}
+  width: {value: 0.25}
+  groups: {choices: [1, 2]}
+  ps: {low: 0.0, high: 0.5}
+  qw: {choices: [4, 8, 16, 32]}
+  qa: {choices: [8, 32]}
+  lr: {low: 0.02, high: 0.1, log: true}
+  distillation: {value: DISTILL}
+"""
+
+
+def first_attempts(study):
+    return [t for t in study.trials if t.system_attrs.get("failed_trial") is None]
+
+
+def test_four_workers_never_draw_the_same_candidate(postgres, tmp_path):
+    # TPE's start-up phase covers the whole study: every draw is random, and each worker seeds its sampler with
+    # the study file's seed
+    study_file = write_study(tmp_path, n_trials=12, epochs=1, size=96, space=WIDE_SPACE)
+    study_file.write_text(study_file.read_text().replace("{name: random, seed: 0}",
+                                                         "{name: tpe, seed: 0, n_startup_trials: 20}"))
+    procs = [start_worker(study_file, postgres, tmp_path) for _ in range(4)]
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    study = load(postgres)
+    assert_exactly(study, 12)
+    attempts = first_attempts(study)
+    assert len({t.user_attrs["worker"] for t in attempts}) >= 3, "the workers did not run side by side"
+    drawn = [tuple(sorted(t.params.items())) for t in attempts]
+    assert len(set(drawn)) == len(drawn), drawn
+    assert not [t for t in attempts if "same parameters" in t.user_attrs.get("pruned_reason", "")]
+
+
+def test_a_candidate_drawn_by_two_workers_at_once_is_trained_once(postgres, tmp_path):
+    # a one-point space: every draw is the same candidate, and 3 workers start on it together
+    one = (SPACE.replace("groups: {choices: [1, 2]}", "groups: {choices: [1]}")
+           .replace("ps: {low: 0.0, high: 0.5}", "ps: {value: 0.0}")
+           .replace("qw: {choices: [8, 32]}", "qw: {choices: [8]}")
+           .replace("lr: {low: 0.02, high: 0.1, log: true}", "lr: {value: 0.05}"))
+    study_file = write_study(tmp_path, n_trials=5, epochs=3, size=256, space=one)
+    procs = [start_worker(study_file, postgres, tmp_path) for _ in range(3)]
+    outputs = finish(procs)
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    study = load(postgres)
+    finished = assert_exactly(study, 5)
+    trained = [t for t in finished if "epochs_run" in t.user_attrs]
+    assert len(trained) == 1, [(t.number, t.state.name, t.user_attrs.get("pruned_reason")) for t in finished]
+    assert trained[0].state == TrialState.COMPLETE
+    for t in finished:
+        if t is not trained[0]:
+            assert t.state == TrialState.PRUNED
+            assert t.user_attrs["pruned_reason"].startswith(f"same parameters as trial {trained[0].number}"), \
+                t.user_attrs["pruned_reason"]

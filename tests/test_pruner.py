@@ -70,3 +70,93 @@ def test_no_stopper_and_factory():
         make_stopper("median")
     with pytest.raises(ConfigError, match="percentile"):
         ParetoStopper(percentile=120)
+
+
+# --- MO-ASHA: successive halving ranked by non-dominated sorting ---
+
+from search.pruner import MOASHAStopper, rank_order  # noqa: E402
+
+
+def test_moasha_rungs():
+    assert MOASHAStopper(min_epochs=1, reduction_factor=3).rungs(30) == [1, 3, 9, 27]
+    assert MOASHAStopper(min_epochs=2, reduction_factor=2.5).rungs(40) == [2, 5, 12, 31]
+
+
+def test_rank_order_sorts_fronts_then_keeps_a_front_s_ends_first():
+    points = [(0.90, 1.0), (0.80, 0.5), (0.70, 0.2), (0.60, 0.6), (0.85, 0.9), (0.50, 0.7)]
+    order = rank_order(points)
+    assert set(order[:4]) == {0, 1, 2, 4}  # the first front: no point beats another on both objectives
+    assert order[:2] == [0, 2]              # its ends (most accurate, cheapest) first
+    assert order[4:] == [3, 5]              # 3 (dominated by 1 and 2) before 5 (dominated by 3 as well)
+
+
+RUNG = [Finished(s, {1: a, 3: a + 0.1}) for s, a in
+        [(1.0, 0.80), (0.8, 0.75), (0.6, 0.70), (0.5, 0.60), (0.9, 0.50), (0.7, 0.40), (0.95, 0.30), (0.85, 0.20)]]
+
+
+def test_moasha_stops_a_dominated_trial_at_a_rung_and_keeps_a_cheap_one():
+    stopper = MOASHAStopper(min_epochs=1, reduction_factor=3, min_trials=3)
+    # 9 trials at epoch 3 with this one: the best ceil(9/3) = 3 go on
+    reason = stopper.should_stop(3, 0.45, 0.9, RUNG)  # beaten on both objectives by several
+    assert reason and reason.startswith("rung at epoch 3: rank ") and "only the best 3 go on" in reason
+    # the least accurate trial goes on when it is the cheapest: it is an end of the first front
+    assert stopper.should_stop(3, 0.10, 0.05, RUNG) is None
+    # and so does the most accurate one
+    assert stopper.should_stop(3, 0.95, 2.0, RUNG) is None
+
+
+def test_moasha_decides_only_at_rungs_and_with_enough_trials():
+    stopper = MOASHAStopper(min_epochs=1, reduction_factor=3, min_trials=3)
+    assert stopper.should_stop(2, 0.0, 10.0, RUNG) is None  # epoch 2 is no rung
+    assert stopper.should_stop(3, 0.0, 10.0, RUNG[:1]) is None  # 2 trials at the rung, 3 needed
+    assert stopper.should_stop(3, 0.0, 10.0, RUNG[:2]) is not None  # 3 there: only the best 1 goes on
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"reduction_factor": 1}, "reduction_factor must be a number > 1"),
+    ({"min_epochs": 0}, "min_epochs must be an integer >= 1"),
+    ({"percentile": 50}, "unknown pruner option 'percentile'; the moasha pruner takes"),
+])
+def test_moasha_options_are_checked(options, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        make_stopper("moasha", **options)
+
+
+def test_moasha_sees_stopped_and_running_trials_too():
+    """The objective hands a stopper that sees "all" every other trial with a curve, not only complete ones."""
+    from types import SimpleNamespace
+
+    import optuna
+
+    from search.objective import Objective
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    made = []
+    for state in ("complete", "pruned", "running", "running-no-curve", "me"):
+        t = study.ask()
+        t.set_user_attr("course_score", 0.5)
+        if state != "running-no-curve":
+            study._storage.set_trial_intermediate_value(t._trial_id, 1, 0.3)
+        if state == "complete":
+            study.tell(t, (0.3, 0.5))
+        elif state == "pruned":
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        made.append(t)
+    me = made[-1]
+    seen = Objective._finished(SimpleNamespace(stopper=MOASHAStopper()), me)
+    assert len(seen) == 3  # complete, pruned, running with a curve; not itself, not a trial without a curve
+    assert len(Objective._finished(SimpleNamespace(stopper=NoStopper()), me)) == 1  # complete only
+
+
+def test_moasha_is_chosen_in_the_study_file(tmp_path):
+    from search.study import load_study_file
+
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\n"
+                     "pruner: {name: moasha, min_epochs: 2, reduction_factor: 2, min_trials: 5}\n")
+    stopper = load_study_file(study).config.pruner.build(0.8)
+    assert stopper == MOASHAStopper(min_epochs=2, reduction_factor=2, min_trials=5)
+    study.write_text(study.read_text().replace("reduction_factor: 2", "reduction_factor: 0.5"))
+    with pytest.raises(ConfigError, match="reduction_factor must be a number > 1, got 0.5"):
+        load_study_file(study)

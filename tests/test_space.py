@@ -70,6 +70,29 @@ def test_fixed_values_and_int_ranges():
     ({"params": {"ps": {"low": 0, "high": 0.5}}, "max_ps_plus_pu": 1.5}, "max_ps_plus_pu must be in (0, 1)"),
     ({"parameters": {}}, "unknown key 'parameters'"),
     ({}, "'params' must map parameter names"),
+    # values that can never build: refused with the key and the legal values
+    ({"params": {"arch": {"choices": ["resnet20", "vgg"]}}},
+     "params.arch: 'vgg' can never build: unknown arch 'vgg'; known archs: densenet, resnet18, resnet20"),
+    ({"params": {"qw": {"choices": [0, 64]}}}, "params.qw: 0 can never build: qw must be one of 1, 2, 4, 8, 16, 32"),
+    ({"params": {"qa": {"value": 3}}}, "params.qa: 3 can never build: qa must be one of"),
+    ({"params": {"ps": {"low": 0.0, "high": 1.0}}}, "params.ps: 1.0 can never build: ps must be in [0, 1)"),
+    ({"params": {"pu": {"low": -0.1, "high": 0.5}}}, "params.pu: -0.1 can never build: pu must be a number >= 0"),
+    ({"params": {"width": {"choices": [0.5, 0]}}}, "params.width: 0 can never build: every arch: width must be"),
+    ({"params": {"groups": {"low": 1, "high": 4}}}, "params.groups: 1.0 can never build: every arch: groups must be "
+                                                    "an integer >= 1"),
+    ({"params": {"depthwise": {"choices": [True, "yes"]}}}, "params.depthwise: 'yes' can never build"),
+    ({"params": {"compress_at": {"value": 1.0}}}, "params.compress_at: 1.0 can never build: compress_at must be in"),
+    ({"params": {"lr": {"choices": [0.1, -0.1]}}}, "params.lr: -0.1 can never build: lr must be a number > 0"),
+    ({"params": {"batch_size": {"low": 64, "high": 256}}}, "params.batch_size: 64.0 can never build: batch_size must "
+                                                           "be an integer"),
+    ({"params": {"kd_alpha": {"low": 0.5, "high": 1.5}}}, "params.kd_alpha: 1.5 can never build: kd alpha must be in"),
+    ({"params": {"cutout": {"choices": [0, -8]}}}, "params.cutout: -8 can never build"),
+    ({"params": {"blocks": {"choices": ["6,x"]}}}, "params.blocks: '6,x' can never build"),
+    # an option no sampled arch takes
+    ({"params": {"arch": {"choices": ["resnet20", "densenet"]}, "growth_rate": {"choices": [8, 12]}}},
+     "params.growth_rate: resnet20 has no option 'growth_rate'; sample it only for densenet with "
+     "when: {arch: [densenet]}"),
+    ({"params": {"bottleneck": {"value": True}}}, "params.bottleneck: resnet20 has no option 'bottleneck'; remove it"),
 ])
 def test_space_validation(raw, fragment):
     with pytest.raises(ConfigError) as info:
@@ -82,3 +105,84 @@ def test_yaml_string_numbers_are_read(tmp_path):
     path.write_text("params:\n  weight_decay: {low: 1e-5, high: 1e-3, log: true}\n")
     (spec,) = load_space(path).params
     assert (spec.low, spec.high) == (1e-5, 1e-3)
+
+
+def test_a_space_that_cannot_build_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {choices: [resnet20, vgg]}\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\nstorage: sqlite:///{tmp_path / 'study.db'}\n"
+                     "data: {name: digits}\n")
+    for command in ("run", "worker"):
+        r = subprocess.run([sys.executable, "-m", "search", command, str(study)], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip() == (f"micronet-search: error: {tmp_path / 'space.yaml'}: params.arch: 'vgg' can "
+                                    f"never build: unknown arch 'vgg'; known archs: densenet, resnet18, resnet20")
+        assert not (tmp_path / "study.db").exists()
+
+
+def test_enqueued_values_that_cannot_build_are_refused(tmp_path):
+    from search.study import load_study_file
+
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\nenqueue:\n  - {{qw: 8}}\n  - {{qw: 64}}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: enqueue\[1\].qw: 64 can never build: qw must be one of"):
+        load_study_file(study)
+
+
+def test_the_shipped_spaces_and_studies_load():
+    from pathlib import Path
+
+    from search.study import load_study_file
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "studies").glob("*.yaml")):
+        assert load_study_file(path).space.params
+
+
+@pytest.mark.parametrize("data, needle", [
+    ("{name: cifar10, path: DIR/no-cifar}", "CIFAR-10 not found"),
+    ("{name: npz, path: DIR/missing.npz}", "npz dataset not found"),
+])
+def test_missing_data_is_found_before_the_study_is_created(tmp_path, data, needle):
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\nstorage: sqlite:///{tmp_path / 'study.db'}\n"
+                     f"data: {data.replace('DIR', str(tmp_path))}\n")
+    for command in ("run", "worker"):
+        r = subprocess.run([sys.executable, "-m", "search", command, str(study)], capture_output=True, text=True,
+                           timeout=120, cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert needle in r.stderr
+        assert not (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("foo://bar", "storage URL 'foo://bar' is not one that works here; use sqlite:///FILE.db, postgresql://"),
+    ("postgres://u:s3cret@127.0.0.1/db", ": write postgresql://, not postgres://"),
+    ("mysql+nosuchdriver://root@127.0.0.1/db", "its driver cannot be loaded (NoSuchModuleError: Can't load plugin: "
+                                               "sqlalchemy.dialects:mysql.nosuchdriver); mysql+pymysql:// uses the "
+                                               "installed one"),
+    ("studies/x.db", "mysql+pymysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, journal:FILE"),
+])
+def test_a_storage_url_of_an_unknown_kind_names_the_forms_that_work(tmp_path, url, needle):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\ndata: {{name: digits}}\n")
+    for args in (["run", str(study), "--storage", url], ["front", "--storage", url, "--study", "s"]):
+        r = subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "MICRONET_STORAGE"})
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert needle in r.stderr and "s3cret" not in r.stderr
+    assert not list(tmp_path.glob("**/*.db"))

@@ -50,3 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:
+        from search.outage import EXIT_CODE, find_outage
+
+        outage = find_outage(e)  # the storage stayed away too long (search.outage); maybe behind Optuna's errors
+        if outage is None:
+            raise
+        print(f"{PROG}: error: {outage}", file=sys.stderr)
+        return EXIT_CODE

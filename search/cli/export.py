@@ -82,9 +82,10 @@ def print_summary(result, title: str) -> None:
         checks = ", ".join(f"{name} {acc:.2%}" for name, acc in report.accuracy.items())
         table.add_row("verified", checks)
         if report.onnx_max_abs_diff is not None:
-            table.add_row("ONNX vs torch", f"max |Δ| {report.onnx_max_abs_diff:.2g}, median "
-                                           f"{report.onnx_median_abs_diff:.2g}, same class "
-                                           f"{report.onnx_top1_agreement:.2%} ({report.onnx_rule})")
+            bound = "" if report.onnx_tolerance is None else f" (≤ {report.onnx_tolerance:.2g})"
+            table.add_row("ONNX vs torch", f"max |Δ| {report.onnx_max_abs_diff:.2g}{bound}, median "
+                                           f"{report.onnx_median_abs_diff:.2g} (≤ {report.onnx_median_tolerance:.2g}), "
+                                           f"same class {report.onnx_top1_agreement:.2%} ({report.onnx_rule})")
     table.add_row("folder", str(result.out))
     console = Console()
     if not console.is_terminal:

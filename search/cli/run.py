@@ -32,7 +32,27 @@ def add_parser(commands) -> None:
     p.add_argument("--trials-per-gpu", type=int, metavar="M",
                    help="with GPUs: M workers per GPU (default 1; without --workers, starts GPUs x M workers)")
     p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: the study file's)")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
+
+
+def add_threads_argument(p) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads per worker (default: this host's cores divided by its live workers, "
+                        "looked at again every few seconds; MICRONET_THREADS also sets it)")
+
+
+def use_threads_argument(args) -> None:
+    """``--threads N`` travels in MICRONET_THREADS, where the runner (and the workers ``run`` starts) read it."""
+    import os
+
+    from search.threads import ENV_THREADS, fixed_threads
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be an integer >= 1, got {args.threads}")
+        os.environ[ENV_THREADS] = str(args.threads)
+    fixed_threads()  # a bad MICRONET_THREADS: one line now, before anything is written
 
 
 class StudyProgress:
@@ -103,8 +123,10 @@ def run(args) -> int:
     for flag, value in (("--workers", args.workers), ("--trials-per-gpu", args.trials_per_gpu)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
-    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)
+    use_threads_argument(args)
+    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)  # a bad space stops here
     cfg = loaded.config
+    data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched
     study = open_study(loaded)  # bad storage, directions or space: one line here, before any worker starts
     print(f"study {cfg.name} in {mask(loaded.storage_url)}, artifacts in {args.artifacts or cfg.artifact_dir}",
           file=sys.stderr)
@@ -116,24 +138,33 @@ def run(args) -> int:
             with stop_on_sigterm():
                 study = run_study(loaded, on_epoch=progress.on_epoch, on_trial=progress.on_trial,
                                   on_teacher_epoch=progress.on_teacher_epoch, study=study, on_event=progress.log,
-                                  artifacts=args.artifacts)
+                                  artifacts=args.artifacts, data=data)
         code = 0
     else:
+        del data  # each worker loads its own
         code = run_workers(args, loaded, study)
     rows = front_rows(study)
     print_front(rows, f"Pareto front of {cfg.name} ({len(study.trials)} trials, {time.perf_counter() - start:.0f} s)")
     return code
 
 
+def check_data(loaded):
+    """The study's dataset, loaded on the CPU: present, readable and big enough for its splits, or one line."""
+    from search.data import load_data
+
+    return load_data(loaded.config.data)
+
+
 def run_workers(args, loaded, study) -> int:
     """K local worker processes; this one shows the study's progress from the storage and stops them on Ctrl-C."""
     from search.launcher import cpu_count, plan_workers, start_workers, stop_workers, visible_gpus, wait_workers
+    from search.threads import fixed_threads
 
     cfg = loaded.config
     gpus = visible_gpus()
     per_gpu = args.trials_per_gpu or 1
     workers = args.workers or max(1, len(gpus)) * per_gpu
-    plans = plan_workers(workers, gpus, cpu_count())
+    plans = plan_workers(workers, gpus, cpu_count(), fixed_threads())
     extra = []
     for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--artifacts", args.artifacts)):
         if value is not None:
@@ -144,10 +175,16 @@ def run_workers(args, loaded, study) -> int:
     seen: set[int] = set()
     with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
         def poll():
-            for t in study.get_trials(deepcopy=False):
-                if t.state.is_finished() and t.number not in seen:
-                    seen.add(t.number)
-                    progress.on_trial(study, t)
+            from search.outage import StorageUnreachable, without_waiting
+
+            try:
+                with without_waiting(loaded.storage_url):
+                    for t in study.get_trials(deepcopy=False):
+                        if t.state.is_finished() and t.number not in seen:
+                            seen.add(t.number)
+                            progress.on_trial(study, t)
+            except StorageUnreachable:
+                pass  # a database outage: the workers ride it out (storage_outage_s); show their trials when it ends
 
         for t in study.get_trials(deepcopy=False):  # finished before this run: not news
             if t.state.is_finished():

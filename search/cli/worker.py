@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from search.cli.run import StudyProgress, stop_on_sigterm
+from search.cli.run import StudyProgress, add_threads_argument, check_data, stop_on_sigterm, use_threads_argument
 from search.storage import mask
 from search.study import load_study_file, open_study
 
@@ -20,6 +20,7 @@ def add_parser(commands) -> None:
     p.add_argument("--timeout", type=float, help="this worker starts no trial after this many seconds")
     p.add_argument("--artifacts", metavar="DIR",
                    help="artifact folder (default: the study file's); shared by all workers of the study")
+    add_threads_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -29,15 +30,17 @@ def run(args) -> int:
     from search.runner import finished_count, run_study, worker_name
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    use_threads_argument(args)
     loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)
     cfg = loaded.config
     name = worker_name()
+    data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched
     study = open_study(loaded)
     print(f"[{name}] worker on study {cfg.name} in {mask(loaded.storage_url)}", file=sys.stderr, flush=True)
     with StudyProgress(cfg.n_trials, cfg.train.epochs, live=False, prefix=f"[{name}] ") as progress:
         with stop_on_sigterm():
             study = run_study(loaded, on_epoch=progress.on_epoch, on_trial=progress.on_trial,
                               on_teacher_epoch=progress.on_teacher_epoch, study=study, on_event=progress.log,
-                              artifacts=args.artifacts)
+                              artifacts=args.artifacts, data=data)
     print(f"[{name}] done: the study holds {finished_count(study)} finished trials", file=sys.stderr, flush=True)
     return 0

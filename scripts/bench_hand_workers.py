@@ -1,0 +1,129 @@
+"""Study throughput of hand-started workers on one machine: the fair thread share against torch's default.
+
+N ``micronet-search worker`` processes are started by hand on one study (the quickstart: digits, 8 epochs), as a
+user would, with nothing telling them about each other. Arm "fair share" is today's default (each worker takes
+cores // live workers threads); arm "torch default" gives every worker ``--threads <cores>``, which is what a
+worker did before (torch's default is one thread per core). Each configuration runs for the same wall time; the
+workers are then killed and the trials that finished within it are counted. Both arms and all N run in one
+invocation, so compare the ratios.
+
+    python scripts/bench_hand_workers.py                      # 1, 2, 4 workers, 120 s each; appends BENCHMARKS.md
+    python scripts/bench_hand_workers.py --workers 1 2 --seconds 60 --out /dev/null
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from search.threads import available_cores  # noqa: E402
+
+
+def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache: Path) -> dict:
+    storage = f"sqlite:///{tmp / 'study.db'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("MICRONET_THREADS", "OMP_NUM_THREADS")}
+    env.update(MICRONET_STORAGE=storage, MICRONET_WORKER_DIR=str(tmp / "registry"), MICRONET_CACHE=str(cache))
+    extra = [] if threads is None else ["--threads", str(threads)]
+    # a budget no arm reaches in the time given: the count is what finished in ``seconds``
+    cmd = [sys.executable, "-m", "search", "worker", str(ROOT / "studies" / "quickstart.yaml"), "--n-trials", "500",
+           "--artifacts", str(tmp / "artifacts"), *extra]
+    # the first worker creates the study (and its tables); the others join a moment later, as by hand
+    procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    time.sleep(3)
+    procs += [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True) for _ in range(workers - 1)]
+    start = time.monotonic()
+    time.sleep(seconds)
+    for p in procs:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    first = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    epochs = sum(len(t.intermediate_values) for t in study.trials)
+    used = sorted({t.user_attrs.get("threads") for t in finished if "threads" in t.user_attrs})
+    return {"workers": workers, "arm": "fair share" if threads is None else f"torch default ({threads} each)",
+            "finished": len(finished), "epochs": epochs, "seconds": seconds,
+            "trials_per_min": len(finished) / (seconds / 60), "epochs_per_min": epochs / (seconds / 60),
+            "threads": ", ".join(map(str, used)) or "-", "first": first, "wall": time.monotonic() - start}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cores = available_cores()
+    rows = []
+    cache = Path(tempfile.mkdtemp())
+    # the distillation teacher of the quickstart, trained once into a cache every arm reads: no arm pays for it
+    subprocess.run([sys.executable, "-m", "search", "worker", str(ROOT / "studies" / "quickstart.yaml"),
+                    "--n-trials", "1", "--artifacts", str(cache / "artifacts")], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "MICRONET_STORAGE": f"sqlite:///{cache / 'warm.db'}",
+                        "MICRONET_CACHE": str(cache)})
+    for n in args.workers:
+        for threads in (None, cores):
+            if n == 1 and threads is not None:
+                continue  # one worker: the fair share is all cores, the same as torch's default
+            with tempfile.TemporaryDirectory() as tmp:
+                r = run_arm(n, threads, args.seconds, Path(tmp), cache)
+            rows.append(r)
+            print(f"{n} workers, {r['arm']}: {r['finished']} trials, {r['epochs']} epochs in {args.seconds:.0f} s",
+                  file=sys.stderr, flush=True)
+
+    base = next(r["trials_per_min"] for r in rows if r["workers"] == min(args.workers) and r["arm"] == "fair share")
+    cols = ("workers", "threads", "threads seen in trials", "trials finished", "epochs run", "trials/min",
+            "epochs/min", "vs 1 worker")
+    table = Table(title=f"hand-started workers on {cores} cores, {args.seconds:.0f} s each")
+    for c in cols:
+        table.add_column(c, justify="right" if c not in ("threads",) else "left")
+    lines = []
+    for r in rows:
+        cells = (str(r["workers"]), r["arm"], r["threads"], str(r["finished"]), str(r["epochs"]),
+                 f"{r['trials_per_min']:.1f}", f"{r['epochs_per_min']:.1f}",
+                 f"{r['trials_per_min'] / base:.2f}x" if base else "-")
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "cpu")
+    bf16 = "with" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "without"
+    command = ("python scripts/bench_hand_workers.py " + " ".join(sys.argv[1:])).strip()
+    text = [
+        f"\n## Hand-started workers: study throughput ({datetime.date.today().isoformat()})\n",
+        f"Machine: {cpu} ({bf16} AVX512-BF16), {cores} cores. Command: `{command}`. N `micronet-search worker "
+        f"studies/quickstart.yaml` processes started by hand on one SQLite study, each configuration for "
+        f"{args.seconds:.0f} s, then killed; trials finished (complete or stopped early) within that time. "
+        f"'fair share' is the default (cores // live workers on the host); 'torch default' passes --threads "
+        f"{cores} to every worker, which is what a hand-started worker did before.\n",
+        "| " + " | ".join(cols) + " |",
+        "|---:|---|" + "---:|" * (len(cols) - 2),
+        *lines,
+    ]
+    with Path(args.out).open("a") as f:
+        f.write("\n".join(text) + "\n")
+    print(f"appended to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
