@@ -120,6 +120,8 @@ class CandidateResult:
     train_images_per_s: float
     history: list[EpochReport]
     model: nn.Module
+    base_reused: bool | None = None  # None: no shared base (see search.bases); else whether it was loaded
+    epochs_saved: int = 0            # dense epochs not trained here thanks to a reused base
 
     def summary(self) -> dict:
         c = self.costs
@@ -140,7 +142,7 @@ StateCallback = Callable[[int, Callable[[], dict]], None]
 def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
                   on_epoch: EpochCallback | None = None, test: bool = False,
                   reference: ScoreReference = ScoreReference(), resume: dict | None = None,
-                  on_state: StateCallback | None = None, known: Costs | None = None) -> CandidateResult:
+                  on_state: StateCallback | None = None, known: Costs | None = None, base=None) -> CandidateResult:
     """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
 
     ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
@@ -148,6 +150,8 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
     ``resume=`` such a state continues the run where it was taken, with the same result as an uninterrupted run.
     ``known``: the candidate's :func:`costs`, when already measured: skips counting MACs again (ptflops; MACs do not
     depend on the weights), only the non-zero parameters of the trained model are counted.
+    ``base``: a :class:`search.bases.Base`; unless resuming, the dense phase comes from it: trained here (and
+    stored) by the first trial that needs it, loaded by the others, whose curve then replays its epochs.
     """
     start = time.perf_counter()
     torch.manual_seed(candidate.train.seed)
@@ -165,8 +169,11 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
             on_state(report.epoch, lambda: {**trainer.state_dict(), "phase": phase})
 
     trainer = Trainer(model, data, candidate.train, teacher, candidate.distillation, epoch_done)
+    base_reused = None
     if resume is not None:
         trainer.load_state_dict(resume)
+    elif base is not None and 0 < candidate.dense_epochs < candidate.train.epochs:
+        base_reused = _dense_from_base(base, trainer, candidate.dense_epochs, on_epoch)
     if phase == "dense":
         trainer.run(max(0, candidate.dense_epochs - trainer.epoch))
     if candidate.dense_epochs < candidate.train.epochs:
@@ -186,5 +193,22 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
     return CandidateResult(
         candidate, _costs(candidate.compression, dense, compressed, reference), val, test_acc,
         weight_sparsity(model), trainer.epoch, time.perf_counter() - start, trainer.images_per_s,
-        list(trainer.history), model,
+        list(trainer.history), model, base_reused, candidate.dense_epochs if base_reused else 0,
     )
+
+
+def _dense_from_base(base, trainer: Trainer, dense_epochs: int, on_epoch: EpochCallback | None) -> bool:
+    """Bring ``trainer`` to the end of the dense phase through ``base``; whether the base was reused."""
+
+    def train() -> dict:
+        trainer.run(dense_epochs)
+        return {**trainer.state_dict(), "phase": "dense"}
+
+    state, reused = base.get_or_train(train)
+    if reused:
+        # the state holds everything the run goes on from (optimizer, step, RNG): the rest is as if trained here
+        trainer.load_state_dict(state)
+        for report in trainer.history:  # the trial's learning curve (and its early stopping) sees these epochs
+            if on_epoch is not None:
+                on_epoch(report)
+    return reused

@@ -13,10 +13,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search.bases import Base, BaseStore, base_key, data_identity, model_digest
 from search.candidate import Candidate, costs, run_candidate
 from search.checkpoint import save_candidate_checkpoint
 from search.data import Splits
 from search.errors import ConfigError
+from search.locks import study_lock
 from search.pruner import EarlyStopper, Finished
 from search.study import LoadedStudy, candidate_from
 from search.train import EpochReport, NonFiniteLossError
@@ -36,6 +38,8 @@ class Objective:
         self.on_start = on_start  # called once the trial is sampled and checked for twins (releases the claim)
         self.worker = worker
         self.current_trial_id: int | None = None
+        self._bases: BaseStore | None = None   # reuse_bases: built at the first trial that needs one
+        self._identities: dict[str, str] = {}  # the data's and the teacher's, for base keys: computed once
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = trial._trial_id
@@ -117,9 +121,11 @@ class Objective:
                 spent[0] += last_saved[0] - t0
 
         resume = self._resume_state(trial, candidate)
+        base = None if resume is not None else self._base(trial, candidate)  # a resumed run is past its base
         try:
             result = run_candidate(candidate, self.data, self.teacher, on_epoch=on_epoch,
-                                   reference=self.config.reference, resume=resume, on_state=on_state, known=cost)
+                                   reference=self.config.reference, resume=resume, on_state=on_state, known=cost,
+                                   base=base)
         except NonFiniteLossError as e:
             _prune(trial, str(e))
         _record(trial, {
@@ -134,6 +140,29 @@ class Objective:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
         self._save_checkpoint(trial, candidate, result)
         return result.val_accuracy, score
+
+    def _base(self, trial, candidate: Candidate) -> Base | None:
+        """With ``reuse_bases``, the shared dense phase of ``candidate`` (:mod:`search.bases`); records
+        ``base_key``, then ``base_reused`` and ``epochs_saved`` once the base is loaded or trained."""
+        if not self.config.reuse_bases:
+            return None
+        ids = self._identities
+        if "data" not in ids:
+            ids["data"] = data_identity(self.config.data, self.data)
+        if candidate.distillation is not None and "teacher" not in ids:
+            ids["teacher"] = f"{self.config.teacher.key(self.config.data)}-{model_digest(self.teacher)}"
+        key = base_key(candidate, ids["data"], ids.get("teacher"), self.data.device.type)
+        _record(trial, {"base_key": key, "base_reused": False, "epochs_saved": 0})
+        if key is None:
+            return None
+        if self._bases is None:
+            url, name = self.loaded.storage_url, self.config.name
+            self._bases = BaseStore(self.artifact_store, lambda k: study_lock(url, f"{name}:base:{k}"))
+
+        def ready(reused: bool) -> None:
+            _record(trial, {"base_reused": reused, "epochs_saved": candidate.dense_epochs if reused else 0})
+
+        return Base(self._bases, key, ready)
 
     def _save_resume(self, trial, candidate: Candidate, epoch: int, state: dict) -> None:
         """Write the trial's state after ``epoch`` to the artifact store, then point the trial at it: a worker killed

@@ -117,6 +117,7 @@ class StudyConfig:
     checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
     storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.outage); 0: none
+    reuse_bases: bool = False            # share the dense phase among candidates that differ only in compression
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -137,6 +138,8 @@ class StudyConfig:
         if isinstance(self.storage_outage_s, bool) or not isinstance(self.storage_outage_s, (int, float)) \
                 or self.storage_outage_s < 0:
             raise ConfigError(f"storage_outage_s must be a number of seconds >= 0, got {self.storage_outage_s!r}")
+        if not isinstance(self.reuse_bases, bool):
+            raise ConfigError(f"reuse_bases must be true or false, got {self.reuse_bases!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
 
