@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -81,13 +82,15 @@ class Objective:
             "compressed_params": cost.compressed.params, "compressed_macs": cost.compressed.macs,
             "nonzero_params": cost.compressed.nonzero_params, "course_score": score,
             "measured_score": cost.measured_score.total, "device": str(self.data.device),
+            "dense_epochs": candidate.dense_epochs,
         })
-        reason = self._dominated_before_training(trial, score)
+        reason = self._dominated_before_training(trial, score) or self._predicted_too_long(trial, candidate, cost)
         if reason:
             _prune(trial, reason)
 
         storage, trial_id = trial.storage, trial._trial_id
         spent = [0.0]  # seconds in the per-epoch bookkeeping below: orchestration, not training
+        trained = [0, time.perf_counter()]  # epochs this trial trained itself (not a reused base's), since when
 
         def on_epoch(report: EpochReport) -> None:
             t0 = time.perf_counter()
@@ -103,7 +106,12 @@ class Objective:
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, report)
             why = self.stopper.should_stop(report.epoch, report.val_accuracy, score,
-                                           _Lazy(lambda: self._finished(trial)))
+                                           _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
+            if report.images_per_s > 0:  # trained here, not replayed from a reused base
+                trained[0] += 1
+                why = why or self._projected_too_long(report, trained[0], time.perf_counter() - trained[1] - spent[0])
+            elif trained[0] == 0:
+                trained[1] = time.perf_counter()  # the replay of a reused base costs nothing: the clock starts after
             if why:
                 _record(trial, {"wall_s": time.perf_counter() - start, "epochs_run": report.epoch})
                 _prune(trial, why)
@@ -210,13 +218,47 @@ class Objective:
         every other trial with a learning curve (complete, stopped early, running)."""
         if self.stopper.sees != "all":
             done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            return [Finished(t.values[1], dict(t.intermediate_values)) for t in done]
+            return [Finished(t.values[1], dict(t.intermediate_values), t.user_attrs.get("dense_epochs")) for t in done]
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
         return [Finished(t.values[1] if t.state == TrialState.COMPLETE else t.user_attrs["course_score"],
-                         dict(t.intermediate_values))
+                         dict(t.intermediate_values), t.user_attrs.get("dense_epochs"))
                 for t in trial.study.get_trials(deepcopy=False, states=states)
                 if t.number != trial.number and t.intermediate_values
                 and (t.state == TrialState.COMPLETE or "course_score" in t.user_attrs)]
+
+    def _predicted_too_long(self, trial, candidate: Candidate, cost) -> str | None:
+        """With ``max_trial_seconds``: the reason not to start a candidate whose training time, predicted from its
+        MACs and the training throughput (MACs × images per second) of the trials finished so far, is over the cap.
+        Until three trials have finished nothing is predicted; the per-epoch projection still bounds the first."""
+        cap = self.config.max_trial_seconds
+        if cap is None:
+            return None
+        rates = []
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = t.user_attrs
+            epochs = (a.get("epochs_run") or 0) - (a.get("epochs_saved") or 0)
+            if a.get("train_s") and a.get("dense_macs") and epochs > 0:
+                rates.append(a["dense_macs"] * len(self.data.y_train) * epochs / a["train_s"])
+        if len(rates) < 3:
+            return None
+        epochs = candidate.train.epochs
+        predicted = cost.dense.macs * len(self.data.y_train) * epochs / float(np.median(rates))
+        if predicted <= cap:
+            return None
+        trial.set_user_attr("predicted_train_s", predicted)
+        return (f"predicted to train for {predicted:.0f} s ({epochs} epochs at the median MAC throughput of "
+                f"{len(rates)} finished trials), over max_trial_seconds {cap:g}")
+
+    def _projected_too_long(self, report: EpochReport, trained: int, seconds: float) -> str | None:
+        """With ``max_trial_seconds``: the reason to stop a trial whose epochs so far project past the cap."""
+        cap = self.config.max_trial_seconds
+        if cap is None or report.epoch >= report.epochs:  # the last epoch is spent already: stopping saves nothing
+            return None
+        projected = seconds + seconds / trained * (report.epochs - report.epoch)
+        if projected <= cap:
+            return None
+        return (f"projected to train for {projected:.0f} s ({seconds:.0f} s for its first {trained} epoch(s) of "
+                f"{report.epochs}), over max_trial_seconds {cap:g}")
 
     def _dominated_before_training(self, trial, score: float) -> str | None:
         pruner = self.config.pruner

@@ -18,14 +18,27 @@ from search.front import dominates
 
 @dataclass(frozen=True)
 class Finished:
-    """A completed trial as the stopper sees it: its score and validation accuracy per epoch (1-based)."""
+    """A completed trial as the stopper sees it: its score, validation accuracy per epoch (1-based) and the epoch
+    it was compressed after (``dense_epochs``; None when unknown)."""
 
     score: float
     curve: dict[int, float]
+    dense_epochs: int | None = None
 
     @property
     def final(self) -> float:
         return self.curve[max(self.curve)] if self.curve else math.nan
+
+    def like(self, epoch: int, dense_epochs: int | None) -> float | None:
+        """Its accuracy at the point of its run that matches ``epoch`` of a trial compressed after
+        ``dense_epochs``: the same epoch in the dense phase, the same number of epochs after compression in the
+        compressed phase (compression costs accuracy for an epoch or two, at a point ``compress_at`` moves).
+        None when it has no such point (it never got there, or one of the two is compressed and the other not yet)."""
+        if dense_epochs is None or self.dense_epochs is None or dense_epochs == self.dense_epochs:
+            return self.curve.get(epoch)
+        if epoch <= dense_epochs:
+            return self.curve.get(epoch) if epoch <= self.dense_epochs else None
+        return self.curve.get(self.dense_epochs + epoch - dense_epochs)
 
 
 class EarlyStopper(ABC):
@@ -34,12 +47,15 @@ class EarlyStopper(ABC):
     sees = "complete"
 
     @abstractmethod
-    def should_stop(self, epoch: int, accuracy: float, score: float, finished: list[Finished]) -> str | None:
-        """The reason to stop a trial of ``score`` at ``epoch`` with ``accuracy``, or None to let it run."""
+    def should_stop(self, epoch: int, accuracy: float, score: float, finished: list[Finished],
+                    dense_epochs: int | None = None) -> str | None:
+        """The reason to stop a trial of ``score`` at ``epoch`` with ``accuracy``, or None to let it run.
+        ``dense_epochs``: the epoch the trial is compressed after, so that rivals are compared like with like
+        (:meth:`Finished.like`)."""
 
 
 class NoStopper(EarlyStopper):
-    def should_stop(self, epoch, accuracy, score, finished):
+    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
         return None
 
 
@@ -68,10 +84,10 @@ class ParetoStopper(EarlyStopper):
                 or not 0 <= self.percentile <= 100:
             raise ConfigError(f"pruner percentile must be in [0, 100], got {self.percentile!r}")
 
-    def should_stop(self, epoch, accuracy, score, finished):
+    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
         if epoch < self.warmup_epochs:
             return None
-        rivals = [f.curve[epoch] for f in finished if f.score <= score and epoch in f.curve]
+        rivals = [a for f in finished if f.score <= score and (a := f.like(epoch, dense_epochs)) is not None]
         if len(rivals) >= self.min_trials:
             bar = float(np.percentile(rivals, self.percentile))
             if accuracy < bar:
@@ -124,10 +140,11 @@ class MOASHAStopper(EarlyStopper):
             r *= self.reduction_factor
         return out
 
-    def should_stop(self, epoch, accuracy, score, finished):
+    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
         if epoch not in self.rungs(epoch):
             return None
-        points = [(accuracy, score)] + [(f.curve[epoch], f.score) for f in finished if epoch in f.curve]
+        points = [(accuracy, score)] + [(a, f.score) for f in finished
+                                        if (a := f.like(epoch, dense_epochs)) is not None]
         n = len(points)
         if n < self.min_trials:
             return None

@@ -118,6 +118,7 @@ class StudyConfig:
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
     storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.outage); 0: none
     reuse_bases: bool = False            # share the dense phase among candidates that differ only in compression
+    max_trial_seconds: float | None = None  # a trial predicted or projected to train longer is stopped (none)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -138,6 +139,10 @@ class StudyConfig:
         if isinstance(self.storage_outage_s, bool) or not isinstance(self.storage_outage_s, (int, float)) \
                 or self.storage_outage_s < 0:
             raise ConfigError(f"storage_outage_s must be a number of seconds >= 0, got {self.storage_outage_s!r}")
+        if self.max_trial_seconds is not None and (isinstance(self.max_trial_seconds, bool) or not isinstance(
+                self.max_trial_seconds, (int, float)) or self.max_trial_seconds <= 0):
+            raise ConfigError(f"max_trial_seconds must be a number of seconds > 0 (or null: no cap), got "
+                              f"{self.max_trial_seconds!r}")
         if not isinstance(self.reuse_bases, bool):
             raise ConfigError(f"reuse_bases must be true or false, got {self.reuse_bases!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
@@ -159,14 +164,25 @@ class LoadedStudy:
 
 
 def load_study_file(path: str | Path, storage: str | None = None, n_trials: int | None = None,
-                    timeout: float | None = None) -> LoadedStudy:
-    """Read and validate a study file and its space; nothing touches the storage yet."""
+                    timeout: float | None = None, data_path: str | None = None) -> LoadedStudy:
+    """Read and validate a study file and its space; nothing touches the storage yet.
+
+    ``data_path`` (``--data-path``) replaces the study file's ``data.path``. A relative npz path that is not found
+    from the working directory is looked for next to the study file and one folder up, like the space file.
+    """
     path = Path(path)
     raw = load_yaml(path)
     if "name" not in raw:
         raise ConfigError(f"{path}: missing key 'name' (the study name)")
     config = from_mapping(StudyConfig, raw, str(path))
     overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+    if data_path is not None:
+        overrides["data"] = replace(config.data, path=data_path)
+    elif config.data.name == "npz" and config.data.path and not Path(config.data.path).is_absolute() \
+            and not Path(config.data.path).exists():
+        found = [c for c in (path.parent / config.data.path, path.parent.parent / config.data.path) if c.is_file()]
+        if found:
+            overrides["data"] = replace(config.data, path=str(found[0]))
     if overrides:
         config = replace(config, **overrides)
     space = load_space(_find(config.space, path))

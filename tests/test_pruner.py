@@ -160,3 +160,20 @@ def test_moasha_is_chosen_in_the_study_file(tmp_path):
     study.write_text(study.read_text().replace("reduction_factor: 2", "reduction_factor: 0.5"))
     with pytest.raises(ConfigError, match="reduction_factor must be a number > 1, got 0.5"):
         load_study_file(study)
+
+
+def test_rivals_compressed_at_another_epoch_are_compared_like_with_like():
+    # compressed after epoch 4: accuracy dips at epoch 5, then recovers
+    late = [Finished(0.1, curve(0.50, 0.60, 0.70, 0.80, 0.40, 0.75), dense_epochs=4) for _ in range(4)]
+    stopper = ParetoStopper(warmup_epochs=1, min_trials=4, percentile=50)
+    # a trial compressed after epoch 2 is in its own dip at epoch 3: its like is the rivals' epoch 5 (0.40), not
+    # their dense epoch 3 (0.70), which a raw same-epoch comparison would stop it against
+    assert stopper.should_stop(3, 0.45, 0.2, late, dense_epochs=2) is None
+    assert stopper.should_stop(3, 0.45, 0.2, late) is not None  # without the phase: epoch against epoch
+    assert stopper.should_stop(3, 0.35, 0.2, late, dense_epochs=2) is not None  # below the rivals' dip
+    # in the dense phase epochs compare as they are; a rival still dense has no like for a compressed epoch
+    assert late[0].like(2, 2) == 0.60 and late[0].like(4, 2) == 0.75 and late[0].like(3, 5) == 0.70
+    assert Finished(0.1, curve(0.5, 0.6), dense_epochs=4).like(3, 2) is None
+    moasha = MOASHAStopper(min_epochs=3, reduction_factor=2, min_trials=3)
+    assert moasha.should_stop(3, 0.45, 0.2, late, dense_epochs=2) is None  # rank 1 of 5 against the dips
+    assert moasha.should_stop(3, 0.45, 0.2, late) is not None             # last of 5 against dense epoch 3

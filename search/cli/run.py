@@ -32,8 +32,14 @@ def add_parser(commands) -> None:
     p.add_argument("--trials-per-gpu", type=int, metavar="M",
                    help="with GPUs: M workers per GPU (default 1; without --workers, starts GPUs x M workers)")
     p.add_argument("--artifacts", metavar="DIR", help="artifact folder (default: the study file's)")
+    add_data_path_argument(p)
     add_threads_argument(p)
     p.set_defaults(handler=run)
+
+
+def add_data_path_argument(p) -> None:
+    p.add_argument("--data-path", metavar="PATH",
+                   help="the data: an .npz file (name: npz) or the CIFAR folder; replaces the study file's data.path")
 
 
 def add_threads_argument(p) -> None:
@@ -124,7 +130,8 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
     use_threads_argument(args)
-    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)  # a bad space stops here
+    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout,  # a bad space stops here
+                             data_path=args.data_path)
     cfg = loaded.config
     data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched
     study = open_study(loaded)  # bad storage, directions or space: one line here, before any worker starts
@@ -166,7 +173,8 @@ def run_workers(args, loaded, study) -> int:
     workers = args.workers or max(1, len(gpus)) * per_gpu
     plans = plan_workers(workers, gpus, cpu_count(), fixed_threads())
     extra = []
-    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--artifacts", args.artifacts)):
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--artifacts", args.artifacts),
+                        ("--data-path", args.data_path)):
         if value is not None:
             extra += [flag, str(value)]
     log_dir = Path("studies") / "logs" / cfg.name

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import sys
 
-from search.cli.run import StudyProgress, add_threads_argument, check_data, stop_on_sigterm, use_threads_argument
+from search.cli.run import (
+    StudyProgress,
+    add_data_path_argument,
+    add_threads_argument,
+    check_data,
+    stop_on_sigterm,
+    use_threads_argument,
+)
 from search.storage import mask
 from search.study import load_study_file, open_study
 
@@ -20,6 +27,7 @@ def add_parser(commands) -> None:
     p.add_argument("--timeout", type=float, help="this worker starts no trial after this many seconds")
     p.add_argument("--artifacts", metavar="DIR",
                    help="artifact folder (default: the study file's); shared by all workers of the study")
+    add_data_path_argument(p)
     add_threads_argument(p)
     p.set_defaults(handler=run)
 
@@ -31,7 +39,7 @@ def run(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     use_threads_argument(args)
-    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout)
+    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout, data_path=args.data_path)
     cfg = loaded.config
     name = worker_name()
     data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched

@@ -1,0 +1,75 @@
+"""Cost bounds: ``max_trial_seconds`` stops a candidate predicted (from MACs and the throughput so far) or projected
+(from its own first epochs) to train longer than the cap."""
+
+import optuna
+from optuna.trial import TrialState
+
+from search.runner import run_study
+from search.study import load_study_file
+
+SPACE = """\
+params:
+  arch: {value: resnet20}
+  width: {choices: [0.25, 2.0]}
+  ps: {low: 0.0, high: 0.5}
+"""
+
+
+def write_study(tmp_path, extra="", n_trials=3, enqueue=""):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    path = tmp_path / "cost.yaml"
+    path.write_text(f"""\
+name: cost
+space: {tmp_path / 'space.yaml'}
+storage: sqlite:///{tmp_path / 'cost.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: digits, subset: 300}}
+sampler: {{name: random, seed: 0}}
+train: {{epochs: 3, batch_size: 32}}
+pruner: {{name: none, skip_dominated: false}}
+n_trials: {n_trials}
+{extra}
+enqueue:
+{enqueue}""")
+    return path
+
+
+def test_a_candidate_projected_over_the_cap_stops_after_its_first_epoch(tmp_path):
+    path = write_study(tmp_path, "max_trial_seconds: 0.001", n_trials=1,
+                       enqueue="  - {width: 0.25, ps: 0.2}")
+    study = run_study(load_study_file(path))
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["pruned_reason"].startswith("projected to train for ")
+    assert "over max_trial_seconds 0.001" in trial.user_attrs["pruned_reason"]
+    assert list(trial.intermediate_values) == [1]
+
+
+def test_a_candidate_predicted_over_the_cap_is_not_trained(tmp_path):
+    cheap = "\n".join(f"  - {{width: 0.25, ps: {ps}}}" for ps in (0.1, 0.2, 0.3))
+    path = write_study(tmp_path, n_trials=3, enqueue=cheap)
+    study = run_study(load_study_file(path))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    slowest = max(t.user_attrs["train_s"] for t in study.trials)
+    # width 2.0 has ~60x the MACs of width 0.25: predicted far over a cap of 10x the slowest cheap trial;
+    # another cheap one is predicted under it and trains
+    path = write_study(tmp_path, f"max_trial_seconds: {10 * slowest:.3f}", n_trials=5, enqueue=cheap)
+    study = optuna.load_study(study_name="cost", storage=f"sqlite:///{tmp_path / 'cost.db'}")
+    for params in ({"width": 2.0, "ps": 0.1}, {"width": 0.25, "ps": 0.4}):
+        study.enqueue_trial(params)
+    study = run_study(load_study_file(path))
+    wide, cheap4 = study.trials[3], study.trials[4]
+    assert wide.params["width"] == 2.0 and wide.state == TrialState.PRUNED
+    assert wide.user_attrs["pruned_reason"].startswith("predicted to train for ")
+    assert not wide.intermediate_values  # not a single epoch spent
+    assert wide.user_attrs["predicted_train_s"] > 10 * slowest
+    assert cheap4.state == TrialState.COMPLETE
+
+
+def test_the_cap_is_checked(tmp_path):
+    import pytest
+
+    from search.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_trial_seconds must be a number of seconds > 0"):
+        load_study_file(write_study(tmp_path, "max_trial_seconds: -5"))
