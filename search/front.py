@@ -11,7 +11,7 @@ from search.errors import ConfigError
 
 ROW_KEYS = ("trial", "val_accuracy", "score", "measured_score", "params", "macs", "compressed_params",
             "compressed_macs", "nonzero_params", "arch", "width", "groups", "depthwise", "ps", "pu", "qw", "qa",
-            "kd_temperature", "epochs_run")
+            "kd_temperature", "epochs_run", "wall_s", "base_reused")
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -31,7 +31,8 @@ def row(t: FrozenTrial) -> dict:
         "nonzero_params": a.get("nonzero_params"), "arch": cand.get("arch"), "width": cand.get("width"),
         "groups": cand.get("groups"), "depthwise": cand.get("depthwise"), "ps": comp.get("ps"), "pu": comp.get("pu"),
         "qw": comp.get("qw"), "qa": comp.get("qa"), "kd_temperature": kd.get("temperature"),
-        "epochs_run": a.get("epochs_run"), "checkpoint": a.get("checkpoint_artifact_id"),
+        "epochs_run": a.get("epochs_run"), "wall_s": a.get("wall_s"), "base_reused": a.get("base_reused"),
+        "checkpoint": a.get("checkpoint_artifact_id"),
     }
 
 

@@ -105,8 +105,10 @@ class Objective:
             storage.set_trial_intermediate_value(trial_id, report.epoch, report.val_accuracy)
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, report)
-            why = self.stopper.should_stop(report.epoch, report.val_accuracy, score,
-                                           _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
+            why = None
+            if report.epoch < report.epochs:  # after the last epoch stopping saves nothing and would lose the result
+                why = self.stopper.should_stop(report.epoch, report.val_accuracy, score,
+                                               _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
             if report.images_per_s > 0:  # trained here, not replayed from a reused base
                 trained[0] += 1
                 why = why or self._projected_too_long(report, trained[0], time.perf_counter() - trained[1] - spent[0])

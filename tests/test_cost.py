@@ -73,3 +73,28 @@ def test_the_cap_is_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="max_trial_seconds must be a number of seconds > 0"):
         load_study_file(write_study(tmp_path, "max_trial_seconds: -5"))
+
+
+class StopAt:
+    """A stopper that stops every trial at one epoch."""
+
+    sees = "complete"
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+        return f"told to stop at epoch {epoch}" if epoch == self.epoch else None
+
+
+def test_no_stopper_throws_away_a_trial_that_trained_to_its_last_epoch(tmp_path, monkeypatch):
+    from search.study import PrunerConfig
+
+    # MO-ASHA may put a rung on the last epoch (min_epochs 2, reduction_factor 2, 4 epochs): stopping there saves
+    # nothing and would lose a finished candidate that is not dominated
+    monkeypatch.setattr(PrunerConfig, "build", lambda self, floor: StopAt(3))
+    study = run_study(load_study_file(write_study(tmp_path, n_trials=1, enqueue="  - {width: 0.25, ps: 0.2}")))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    monkeypatch.setattr(PrunerConfig, "build", lambda self, floor: StopAt(2))
+    study = run_study(load_study_file(write_study(tmp_path, n_trials=2, enqueue="  - {width: 0.25, ps: 0.3}")))
+    assert study.trials[1].state == TrialState.PRUNED and list(study.trials[1].intermediate_values) == [1, 2]

@@ -224,6 +224,10 @@ def test_run_and_front_commands(tmp_path):
     for key in ("trial", "val_accuracy", "score", "params", "macs", "arch", "groups", "depthwise", "ps", "pu",
                 "qw", "qa", "kd_temperature"):
         assert key in rows[0]
+    # the time each member took is shown (cost awareness): positive seconds, and the table prints the column
+    assert all(r["wall_s"] > 0 and r["epochs_run"] >= 1 for r in rows)
+    table = cli("front", "--storage", storage, "--study", "tiny")
+    assert "time s" in table.stdout and f"{rows[0]['wall_s']:.0f}" in table.stdout
     for suffix in ("png", "html"):
         plot = cli("front", "--storage", storage, "--study", "tiny", "--plot", str(tmp_path / f"front.{suffix}"))
         assert plot.returncode == 0, plot.stderr

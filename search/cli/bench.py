@@ -4,13 +4,26 @@ appends it to BENCHMARKS.md. Under 10 minutes on a 2-core CPU; ``--quick`` is a 
 
 from __future__ import annotations
 
+import json
 import sys
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser("bench", help="measure trial throughput; append the table to BENCHMARKS.md",
                             description=__doc__)
+    p.add_argument("what", nargs="?", choices=("throughput", "search"), default="throughput",
+                   help="throughput (default): trial throughput; search: hypervolume per budget of the search "
+                        "strategies on real images (about 110 min on 2 cores; resumable)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every benchmark runs")
+    p.add_argument("--seeds", type=int, help="search: seeds per arm (default 3)")
+    p.add_argument("--budget", type=float, help="search: seconds per run (default 1080)")
+    p.add_argument("--parallel", type=int, help="search: runs at a time, one core each (default 2)")
+    p.add_argument("--arms", help="search: comma-separated arms to run (default all: random,tpe-pareto,new-default)")
+    p.add_argument("--study", help="search: the study whose arms run (default studies/cifar10-dev.yaml)")
+    p.add_argument("--data-path", help="search: the .npz file (default: the study file's)")
+    p.add_argument("--work", help="search: folder for the runs' storages and records (default "
+                                  "studies/bench-search[-quick]); runs already recorded there are not run again")
+    p.add_argument("--no-audit", action="store_true", help="search: skip training the stopped trials to the end")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--out", default="BENCHMARKS.md", help="file to append the table to (default BENCHMARKS.md)")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -18,6 +31,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    if args.what == "search":
+        return run_search(args)
     import time
 
     import torch
@@ -39,4 +54,70 @@ def run(args) -> int:
         append(args.out, markdown(title, rows, machine(device), command,
                                   f"The whole run took {minutes:.1f} min ({torch.get_num_threads()} threads)."))
         print(f"appended to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_search(args) -> int:
+    import dataclasses
+    import time
+    from pathlib import Path
+
+    from search.bench import search as bench
+    from search.bench.report import machine
+    from search.device import pick_device
+    from search.errors import ConfigError
+    from search.study import load_study_file
+
+    def say(text: str) -> None:
+        print(f"bench search: {text}", file=sys.stderr, flush=True)
+
+    plan = bench.QUICK if args.quick else bench.Plan()
+    changes = {k: v for k, v in {"study": args.study, "budget_s": args.budget, "parallel": args.parallel}.items()
+               if v is not None}
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds must be an integer >= 1, got {args.seeds}")
+        changes["seeds"] = tuple(range(args.seeds))
+    if args.budget is not None and args.budget <= 0:
+        raise ConfigError(f"--budget must be a number of seconds > 0, got {args.budget}")
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError(f"--parallel must be an integer >= 1, got {args.parallel}")
+    plan = dataclasses.replace(plan, **changes)
+    arms = bench.ARMS
+    if args.arms:
+        names = args.arms.split(",")
+        unknown = [n for n in names if n not in {a.name for a in bench.ARMS}]
+        if unknown:
+            raise ConfigError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(a.name for a in bench.ARMS)}")
+        arms = tuple(a for a in bench.ARMS if a.name in names)
+    load_study_file(plan.study, data_path=args.data_path)  # a bad study file: one line, before any run
+    if plan.quick_data is None:
+        from search.cli.run import check_data
+
+        check_data(load_study_file(plan.study, data_path=args.data_path))  # the npz must be there
+    work = Path(args.work or ("studies/bench-search-quick" if args.quick else "studies/bench-search")).resolve()
+    start = time.perf_counter()
+    records = bench.run_all(plan, arms, work, args.data_path, say)
+    audits = []
+    if not args.no_audit and plan.audit_seed is not None:
+        for record in records:
+            if record["arm"] in plan.audit_arms and record["seed"] == plan.audit_seed:
+                path = work / "runs" / f"audit-{record['arm']}-s{record['seed']}.json"
+                if not path.exists():
+                    path.write_text(json.dumps(bench.audit(record, work, args.data_path, plan, say)))
+                audits.append(json.loads(path.read_text()))
+    rows, baseline = bench.summarize(records, arms)
+    minutes = (time.perf_counter() - start) / 60
+    out = Path(args.out)
+    # the plot goes beside the file the table is appended to (into the work folder with --no-write)
+    plot_path = work / "search-hv.png" if args.no_write else out.with_name(out.stem + "-search.png")
+    plot = bench.plot_curves(records, arms, plan.budget_s, plot_path)
+    command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
+    text = bench.markdown(rows, baseline, plan, arms, audits, machine(pick_device("cpu")), command, minutes,
+                          plot.name if plot else None)
+    print(text)
+    if not args.no_write:
+        with open(out, "a") as f:
+            f.write("\n" + text)
+        say(f"appended to {out}" + (f"; plot in {plot}" if plot else ""))
     return 0

@@ -58,14 +58,15 @@ def run(args) -> int:
 def print_front(rows: list[dict], title: str) -> None:
     table = Table(title=title)
     for col in ("trial", "val acc", "score", "measured", "arch", "width", "groups", "dw", "ps", "pu", "qw", "qa",
-                "kd T", "params", "MACs"):
+                "kd T", "params", "MACs", "epochs", "time s", "base"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     for r in rows:
         table.add_row(
             str(r["trial"]), f"{r['val_accuracy']:.2%}", f"{r['score']:.4f}", _f(r["measured_score"], ".4f"),
             str(r["arch"]), _f(r["width"], "g"), str(r["groups"]), "yes" if r["depthwise"] else "no",
             _f(r["ps"], ".2f"), _f(r["pu"], ".2f"), str(r["qw"]), str(r["qa"]), _f(r["kd_temperature"], ".1f"),
-            _f(r["params"], ","), _f(r["macs"], ","),
+            _f(r["params"], ","), _f(r["macs"], ","), _f(r["epochs_run"], "d"), _f(r["wall_s"], ".0f"),
+            {True: "reused", False: "trained"}.get(r["base_reused"], "-"),
         )
     console = Console()
     if not console.is_terminal:

@@ -1,0 +1,63 @@
+"""``micronet-search bench search --quick``: every arm and seed runs as a real study, the table and the plot are
+written, the audit trains stopped trials to the end, and a second call reuses the recorded runs."""
+
+import json
+import subprocess
+import sys
+
+from search.bench.search import ARMS, QUICK, hv_curve, schedule, time_to
+
+
+def test_quick_search_benchmark_runs_records_and_resumes(tmp_path):
+    out, work = tmp_path / "B.md", tmp_path / "work"
+    cmd = [sys.executable, "-m", "search", "bench", "search", "--quick", "--work", str(work), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    text = out.read_text()
+    assert "## Search quality: hypervolume per budget" in text
+    for arm in ARMS:
+        assert f"| {arm.name} |" in text
+    assert (tmp_path / "B-search.png").stat().st_size > 1000
+    records = {p.name: json.loads(p.read_text()) for p in (work / "runs").glob("*-s*.json")
+               if not p.name.startswith("audit-")}
+    assert sorted(records) == sorted(f"{a.name}-s{s}.json" for a in ARMS for s in QUICK.seeds)
+    for r in records.values():
+        assert r["trials"], r  # every run finished trials within its budget
+        assert all(t["at_s"] <= r["budget_s"] for t in r["trials"])
+        assert r["hv"] == sorted(r["hv"])  # hypervolume never falls as the budget grows
+    # the baseline never stops a trial; the arms share the sampler seed per seed but not the sampler
+    assert all(r["stopped"] == 0 for r in records.values() if r["arm"] == "random")
+    assert (work / "runs" / "audit-new-default-s0.json").exists()
+    # a second call runs nothing again: the records are reused, the table appended once more
+    mtimes = {p: p.stat().st_mtime for p in (work / "runs").iterdir()}
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "started" not in second.stderr
+    assert {p: p.stat().st_mtime for p in (work / "runs").iterdir()} == mtimes
+    assert out.read_text().count("## Search quality") == 2
+
+
+def test_time_to_a_hypervolume_and_the_schedule():
+    record = {"trials": [
+        {"at_s": 10.0, "values": [0.5, 0.04]},
+        {"at_s": 20.0, "values": None},
+        {"at_s": 30.0, "values": [0.6, 0.01]},
+    ]}
+    curve = hv_curve(record)
+    assert [s for s, _ in curve] == [0.0, 10.0, 30.0]
+    assert curve[1][1] < curve[2][1]
+    assert time_to(record, curve[1][1]) == 10.0 and time_to(record, curve[2][1]) == 30.0
+    assert time_to(record, 1.0) is None
+    order = schedule(QUICK, ARMS)
+    # each arm takes each position within a seed's group once over three seeds
+    plan = type(QUICK)(seeds=(0, 1, 2))
+    firsts = [schedule(plan, ARMS)[3 * i][0].name for i in range(3)]
+    assert sorted(firsts) == sorted(a.name for a in ARMS)
+    assert len(order) == len(ARMS) * len(QUICK.seeds)
+
+
+def test_bad_bench_arguments_are_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "search", "bench", "search", "--arms", "nope", "--work",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0
+    assert "unknown arm 'nope'" in p.stderr and "Traceback" not in p.stderr
