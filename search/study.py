@@ -26,14 +26,14 @@ from search.teacher import TeacherSpec
 from search.train import Distillation, TrainConfig
 
 DIRECTIONS = ("maximize", "minimize")  # validation accuracy, score
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     name: str = "tpe"
     seed: int = 0
-    n_startup_trials: int = 10  # tpe: random trials before the model kicks in
+    n_startup_trials: int = 10  # tpe, gp: random trials before the model kicks in
     population_size: int = 20   # nsga2
 
     def __post_init__(self):
@@ -46,6 +46,11 @@ class SamplerConfig:
             sampler = ParetoTPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials)
         elif self.name == "nsga2":
             sampler = optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population_size)
+        elif self.name == "gp":
+            # Gaussian-process EHVI over the parameters every trial has; conditional ones (a ResNet's width, a
+            # DenseNet's growth rate) are drawn at random, which Optuna would warn about once per trial.
+            sampler = optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup_trials,
+                                                warn_independent_sampling=False)
         else:
             sampler = optuna.samplers.RandomSampler(seed=self.seed)
         return TrialSeededSampler(sampler, self.seed)

@@ -44,7 +44,7 @@ def keys(drawn):
     return [tuple(sorted(p.items())) for p in drawn]
 
 
-@pytest.mark.parametrize("name, distinct", [("random", 16), ("tpe", 16), ("nsga2", 8)])
+@pytest.mark.parametrize("name, distinct", [("random", 16), ("tpe", 16), ("nsga2", 8), ("gp", 16)])
 def test_workers_with_one_seed_draw_different_candidates(name, distinct):
     config = SamplerConfig(name=name, seed=7, n_startup_trials=4, population_size=8)
     drawn = draw([config.build() for _ in range(4)], 16)  # past TPE's start-up and NSGA-II's first generation
@@ -52,7 +52,7 @@ def test_workers_with_one_seed_draw_different_candidates(name, distinct):
     assert len(set(keys(drawn[:distinct]))) == distinct, keys(drawn)
 
 
-@pytest.mark.parametrize("name", ["random", "tpe", "nsga2"])
+@pytest.mark.parametrize("name", ["random", "tpe", "nsga2", "gp"])
 def test_the_same_seed_and_history_draw_the_same_candidates(name):
     config = SamplerConfig(name=name, seed=7, n_startup_trials=4, population_size=4)
     one = draw([config.build()], 12)
@@ -69,3 +69,5 @@ def test_every_random_state_of_a_sampler_is_found():
     states = sampler._random_states()
     assert inner._rng in states and inner._random_sampler._rng in states
     assert isinstance(SamplerConfig(name="tpe").build(), TrialSeededSampler)
+    gp = SamplerConfig(name="gp", seed=1).build()
+    assert gp.sampler._rng in gp._random_states()
