@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from search.complexity import Complexity, count_nonzero_params, measure
-from search.compress import make_permanent, prune_structured, prune_unstructured, quantize_model, weight_sparsity
+from search.compress import steps, weight_sparsity
+from search.compress.compression import Compression
 from search.config import from_mapping, to_mapping
 from search.data import Splits
 from search.errors import ConfigError
 from search.models import build_model
-from search.score import Compression, Score, ScoreReference, compute_score
+from search.score import Score, ScoreReference, compute_score
 from search.train import Distillation, EpochCallback, EpochReport, TrainConfig, Trainer, evaluate
 
 
@@ -67,11 +68,9 @@ class Candidate:
 
 
 def compress(model: nn.Module, compression: Compression) -> nn.Module:
-    """Structured pruning, then unstructured pruning, then fake quantization; in place."""
-    c = compression
-    model = prune_structured(model, c.ps)
-    prune_unstructured(model, c.pu)
-    return quantize_model(model, c.qw, c.qa)
+    """The compression pipeline (:mod:`search.compress.steps`: structured pruning, unstructured pruning, fake
+    quantization); in place where the steps allow."""
+    return steps.compress(model, compression)
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,7 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
             trainer.reset_optimizer()
             phase = "compressed"
         trainer.run()
-        make_permanent(model)
+        steps.finish(model, candidate.compression)
     if known is not None:
         compressed = Complexity(known.compressed.params, count_nonzero_params(model), known.compressed.macs)
     else:

@@ -13,7 +13,7 @@ from torch import nn
 
 from search import __version__
 from search.candidate import Candidate
-from search.compress import prune_structured, quantize_model
+from search.compress import steps
 from search.config import to_mapping
 from search.data import DataConfig, Splits
 from search.errors import MicronetError
@@ -35,10 +35,8 @@ def save_candidate_checkpoint(path: Path, candidate: Candidate, model: nn.Module
 
 
 def rebuild(candidate: Candidate, num_classes: int) -> nn.Module:
-    """The compressed model's structure, untrained: build, prune the same channels count, quantize."""
-    model = candidate.build(num_classes)
-    prune_structured(model, candidate.compression.ps)
-    return quantize_model(model, candidate.compression.qw, candidate.compression.qa)
+    """The compressed model's structure, untrained: build, then replay the structural compression steps."""
+    return steps.rebuild(candidate.build(num_classes), candidate.compression)
 
 
 def load_candidate_checkpoint(path: Path, device="cpu") -> tuple[nn.Module, dict]:

@@ -47,11 +47,12 @@ from search.candidate import Candidate
 from search.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
 from search.complexity import count_nonzero_params
 from search.compress import QuantAct, bake_weights, quantization_of
+from search.compress.compression import Compression
 from search.config import from_mapping
 from search.data import DataConfig, Splits, load_data, normalize
 from search.errors import MicronetError
 from search.front import front_trials
-from search.score import Compression, ScoreReference, compute_score
+from search.score import ScoreReference, compute_score
 from search.train import evaluate, predict
 
 FORMATS = ("torchscript", "onnx", "state_dict")

@@ -7,40 +7,10 @@ w = parameters and f = MACs of the unpruned model, W_ref = 5.6e6 and F_ref = 2.8
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from search.compress.compression import Compression, is_number
 from search.errors import ConfigError
-
-WEIGHT_BITS = (1, 2, 4, 8, 16, 32)
-ACTIVATION_BITS = (2, 4, 8, 16, 32)
-
-
-def _is_number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-@dataclass(frozen=True)
-class Compression:
-    """Structured (``ps``) and unstructured (``pu``) pruning ratios; weight and activation bits (32 = none)."""
-
-    ps: float = 0.0
-    pu: float = 0.0
-    qw: int = 32
-    qa: int = 32
-
-    def __post_init__(self):
-        for key in ("ps", "pu"):
-            value = getattr(self, key)
-            if not _is_number(value) or value < 0:
-                raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-        if self.ps + self.pu >= 1:
-            raise ConfigError(f"ps + pu must be below 1 (they are fractions of the weights), got "
-                              f"ps={self.ps} + pu={self.pu} = {self.ps + self.pu:g}")
-        if self.qw not in WEIGHT_BITS or isinstance(self.qw, bool):
-            raise ConfigError(f"qw must be one of {', '.join(map(str, WEIGHT_BITS))} bits, got {self.qw!r}")
-        if self.qa not in ACTIVATION_BITS or isinstance(self.qa, bool):
-            raise ConfigError(f"qa must be one of {', '.join(map(str, ACTIVATION_BITS))} bits, got {self.qa!r}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +23,7 @@ class ScoreReference:
     def __post_init__(self):
         for key in ("params", "macs"):
             value = getattr(self, key)
-            if not _is_number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 raise ConfigError(f"reference {key} must be a number > 0, got {value!r}")
 
 

@@ -142,7 +142,7 @@ def _model_check(option: str):
 
 def _compression_check(key: str):
     def check(value):
-        from search.score import Compression
+        from search.compress.compression import Compression
 
         if key in ("ps", "pu") and _number(value) and value >= 1:
             raise ConfigError(f"{key} must be in [0, 1) (a fraction of the weights), got {value!r}")

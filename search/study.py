@@ -14,12 +14,13 @@ from pathlib import Path
 import optuna
 
 from search.candidate import Candidate
+from search.compress.compression import Compression
 from search.config import from_mapping, load_yaml, to_mapping
 from search.data import DataConfig
 from search.errors import ConfigError
 from search.pruner import EarlyStopper, make_stopper
 from search.samplers import ParetoTPESampler, TrialSeededSampler
-from search.score import Compression, ScoreReference
+from search.score import ScoreReference
 from search.space import CHECKS, PARAMS, Space, load_space
 from search.storage import StorageError, mask, open_storage, resolve_storage
 from search.teacher import TeacherSpec

@@ -14,11 +14,11 @@ from optuna.trial import TrialState
 
 from search.bases import Base, BaseStore, base_key
 from search.candidate import Candidate, run_candidate
+from search.compress.compression import Compression
 from search.data import Augmentation, DataConfig, load_data
 from search.errors import ConfigError
 from search.models import build_model
 from search.runner import run_study
-from search.score import Compression
 from search.study import StudyConfig, load_study_file
 from search.train import Distillation, TrainConfig
 

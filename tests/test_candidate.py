@@ -5,12 +5,12 @@ from torch import nn
 from search.candidate import Candidate, costs, run_candidate
 from search.complexity import count_params
 from search.compress import QuantAct, QuantConv2d, QuantLinear
+from search.compress.compression import Compression
 from search.data import DataConfig, load_data, normalize
 from search.errors import ConfigError
 from search.models import build_model
 from search.models.densenet import DenseNet
 from search.models.layers import Act
-from search.score import Compression
 from search.train import Distillation, TrainConfig
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from search.candidate import Candidate, run_candidate
+from search.compress.compression import Compression
 from search.data import DataConfig, load_data
 from search.models import build_model
-from search.score import Compression
 from search.train import Distillation, TrainConfig
 
 

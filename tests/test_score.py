@@ -5,9 +5,10 @@ import torch
 from torch.nn.utils import prune
 
 from search.complexity import count_macs, count_nonzero_params, count_params, measure
+from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
-from search.score import Compression, ScoreReference, compute_score, score_model
+from search.score import ScoreReference, compute_score, score_model
 
 MACS = [
     ("resnet18", {}, 556_651_530),

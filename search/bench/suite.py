@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from search.bench.report import Row
-from search.score import Compression
+from search.compress.compression import Compression
 from search.train import device_setup
 
 COMPRESSED = Compression(ps=0.5, qw=8, qa=8)

@@ -7,9 +7,10 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
-from search.score import Compression, ScoreReference, score_model
+from search.score import ScoreReference, score_model
 
 
 def _int_list(text: str) -> list[int]:

@@ -1,5 +1,7 @@
-"""Compression: quantization-aware training (``quantize``) and pruning (``pruning``)."""
+"""Compression: what it is (``compression``), the pipeline of steps (``steps``), and the methods: pruning
+(``pruning``) and quantization-aware training (``quantize``)."""
 
+from search.compress.compression import ACTIVATION_BITS, WEIGHT_BITS, Compression
 from search.compress.pruning import (
     channel_fraction,
     make_permanent,
@@ -19,6 +21,9 @@ from search.compress.quantize import (
 )
 
 __all__ = [
+    "ACTIVATION_BITS",
+    "WEIGHT_BITS",
+    "Compression",
     "QuantAct",
     "QuantConv2d",
     "QuantLinear",

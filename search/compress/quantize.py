@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from search.compress.compression import ACTIVATION_BITS, WEIGHT_BITS, Compression
 from search.errors import ConfigError
 from search.models.layers import Act
-from search.score import ACTIVATION_BITS, WEIGHT_BITS, Compression
 
 __all__ = [
     "QuantAct", "QuantConv2d", "QuantLinear", "bake_weights", "fake_quantize_activation", "fake_quantize_weight",
