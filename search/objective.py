@@ -14,6 +14,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search import optuna_compat as compat
 from search.bases import Base, BaseStore, base_key, data_identity, model_digest
 from search.candidate import Candidate, costs, run_candidate
 from search.checkpoint import save_candidate_checkpoint
@@ -43,7 +44,7 @@ class Objective:
         self._identities: dict[str, str] = {}  # the data's and the teacher's, for base keys: computed once
 
     def __call__(self, trial: optuna.Trial):
-        self.current_trial_id = trial._trial_id
+        self.current_trial_id = compat.trial_id(trial)
         try:
             values = self._run(trial)
         except Exception:  # finished one way or another (pruned, failed): its resume checkpoint is no use now
@@ -88,7 +89,7 @@ class Objective:
         if reason:
             _prune(trial, reason)
 
-        storage, trial_id = trial.storage, trial._trial_id
+        storage, trial_id = trial.storage, compat.trial_id(trial)
         spent = [0.0]  # seconds in the per-epoch bookkeeping below: orchestration, not training
         trained = [0, time.perf_counter()]  # epochs this trial trained itself (not a reused base's), since when
 
@@ -190,7 +191,7 @@ class Objective:
     def _resume_state(self, trial, candidate: Candidate) -> dict | None:
         """The last epoch checkpoint of the trial this one retries, if there is one and it can be read."""
         pointer = trial.user_attrs.get(RESUME)  # copied from the failed trial by the retry callback
-        if not pointer or trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial") is None:
+        if not pointer or trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is None:
             return None
         try:
             with self.artifact_store.open_reader(pointer["artifact_id"]) as f:
@@ -290,7 +291,7 @@ def _duplicate_of(trial) -> str | None:
     retry of a failed trial (``failed_trial``) is the one legitimate repeat: its original is FAIL, a state not
     looked at here.
     """
-    if trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial") is not None:
+    if trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is not None:
         return None
     params = trial.params
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,

@@ -47,8 +47,9 @@ from datetime import datetime
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
+
+from search import optuna_compat as compat
 
 EXIT_CODE = 75  # EX_TEMPFAIL from sysexits.h: a temporary failure, try again later
 CREATE_TOKEN = "micronet:create_token"  # trial system attribute: which create_new_trial call made the trial
@@ -258,7 +259,7 @@ def without_waiting(url: str):
         outages._local.no_wait = False
 
 
-class ResilientStorage(BaseStorage, BaseHeartbeat):
+class ResilientStorage(BaseStorage, compat.BaseHeartbeat):
     """An Optuna storage (Optuna's cached RDB storage) whose calls ride out outages as described above."""
 
     def __init__(self, inner: BaseStorage, outages: Outages, grace_period_s: float | None):
@@ -408,21 +409,21 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
         def made() -> list[FrozenTrial]:
             return sorted((t for t in self._inner.get_all_trials(study_id, deepcopy=False)
-                           if t.system_attrs.get(CREATE_TOKEN) == token), key=lambda t: t._trial_id)
+                           if t.system_attrs.get(CREATE_TOKEN) == token), key=lambda t: compat.trial_id(t))
 
         def already_made() -> int | None:
             found = made()
-            return found[0]._trial_id if found else None
+            return compat.trial_id(found[0]) if found else None
 
         trial_id = self._outages.retry(lambda: self._inner.create_new_trial(study_id, template), on_retry=already_made)
         if template.state == TrialState.RUNNING:
             self._own.add(trial_id)
         # Optuna's create_new_trial retries by itself; a lost reply there leaves a copy nobody runs
         copies = self._outages.retry(made)
-        kept = next((t.number for t in copies if t._trial_id == trial_id), None)
+        kept = next((t.number for t in copies if compat.trial_id(t) == trial_id), None)
         for t in copies:
-            if t._trial_id != trial_id:
-                self._outages.retry(lambda t=t: self._fail_copy(t._trial_id, kept))
+            if compat.trial_id(t) != trial_id:
+                self._outages.retry(lambda t=t: self._fail_copy(compat.trial_id(t), kept))
                 self._outages.say(f"trial {t.number}: a copy of trial {kept} made by a retry across a storage "
                                   f"outage; marked failed, it never ran")
         return trial_id

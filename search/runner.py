@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import optuna
 from optuna.trial import TrialState
 
+from search import optuna_compat as compat
 from search.data import Splits, load_data
 from search.device import pick_device
 from search.locks import study_lock
@@ -107,7 +108,8 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
                 # Ctrl-C can land while Optuna creates and samples the trial, before the objective knows its id:
                 # the trials running before it tell which one is this worker's (no other worker starts one while
                 # this one holds the claim)
-                running_before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                running_before = {compat.trial_id(t)
+                                  for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
                 objective.current_trial_id = None
                 try:
                     # the objective releases the claim once its trial is sampled and checked for twins
@@ -159,18 +161,18 @@ def _interrupted(study: optuna.Study, current: int | None, running_before: set[i
     running since ``running_before`` was taken, under this worker's claim."""
     if current is not None:
         return [current]
-    return [t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t._trial_id not in running_before]
+    return [compat.trial_id(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if compat.trial_id(t) not in running_before]
 
 
 def _requeue(study: optuna.Study, trial_id: int, max_retry: int, say) -> None:
     """A worker stopped by Ctrl-C or SIGTERM (a pre-empted job) queues its trial again, as a dead worker's would
     be after the grace period, so a later worker resumes it from its last epoch checkpoint."""
-    trial = study._storage.get_trial(trial_id)
+    trial = compat.storage_of(study).get_trial(trial_id)
     if trial.state == TrialState.RUNNING:
         # interrupted outside the objective (Optuna fails only what the objective raises): nobody else will end it
-        study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        trial = study._storage.get_trial(trial_id)
+        compat.storage_of(study).set_trial_state_values(trial_id, TrialState.FAIL)
+        trial = compat.storage_of(study).get_trial(trial_id)
     if trial.state != TrialState.FAIL:
         return
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))

@@ -5,37 +5,20 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-
-class _FirstDirection:
-    """A study seen with ``direction`` = its first objective's direction (accuracy, maximize).
-
-    TPESampler ranks pruned trials by their last intermediate value using ``study.direction``, which raises for a
-    multi-objective study (Optuna assumes such studies have no intermediate values, since ``Trial.report`` refuses
-    them). Ours store validation accuracy per epoch, so the accuracy direction is the right one to rank them by.
-    """
-
-    def __init__(self, study):
-        self._study = study
-
-    def __getattr__(self, name):
-        return getattr(self._study, name)
-
-    @property
-    def direction(self):
-        return self._study.directions[0]
+from search.optuna_compat import FirstDirection, random_states
 
 
 class ParetoTPESampler(optuna.samplers.TPESampler):
     """Optuna's TPE (multi-objective), able to learn from trials our early stopping pruned."""
 
     def infer_relative_search_space(self, study, trial):
-        return super().infer_relative_search_space(_FirstDirection(study), trial)
+        return super().infer_relative_search_space(FirstDirection(study), trial)
 
     def sample_relative(self, study, trial, search_space):
-        return super().sample_relative(_FirstDirection(study), trial, search_space)
+        return super().sample_relative(FirstDirection(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return super().sample_independent(_FirstDirection(study), trial, param_name, param_distribution)
+        return super().sample_independent(FirstDirection(study), trial, param_name, param_distribution)
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -56,21 +39,7 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         return f"{type(self.sampler).__name__}(per-trial seeds from {self.seed})"
 
     def _random_states(self) -> list:
-        """Every LazyRandomState inside the wrapped sampler (its own, its fallback random sampler's, its
-        strategies'), found by walking its attributes: samplers added later are covered without a list here."""
-        from optuna.samplers._lazy_random_state import LazyRandomState
-
-        found, seen, todo = [], set(), [self.sampler]
-        while todo:
-            obj = todo.pop(0)
-            if id(obj) in seen:
-                continue
-            seen.add(id(obj))
-            if isinstance(obj, LazyRandomState):
-                found.append(obj)
-            elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-                todo.extend(v for v in vars(obj).values() if hasattr(v, "__dict__"))
-        return found
+        return random_states(self.sampler)
 
     def before_trial(self, study, trial) -> None:
         if self._states is None:

@@ -128,11 +128,12 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         raise StorageError(describe_failure(url, e)) from None
     if not server or outage_s is None:
         return storage
+    from search.optuna_compat import cached_storage
     from search.outage import ResilientStorage, configure
 
     grace = (grace_period or 2 * heartbeat_interval) if heartbeat_interval else None
     # the cache Optuna itself puts around an RDBStorage (around a storage of another class it puts none)
-    return ResilientStorage(optuna.storages._CachedStorage(storage), configure(url, outage_s, mask(url)), grace)
+    return ResilientStorage(cached_storage(storage), configure(url, outage_s, mask(url)), grace)
 
 
 def _outage_engine_kwargs(url: str) -> dict:
