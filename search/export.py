@@ -52,6 +52,7 @@ from search.config import from_mapping
 from search.data import DataConfig, Splits, load_data, normalize
 from search.errors import MicronetError
 from search.front import front_trials
+from search.record import TrialRecord
 from search.score import ScoreReference, compute_score
 from search.train import evaluate, predict
 
@@ -185,10 +186,10 @@ def trial_with_checkpoint(study: optuna.Study, number: int) -> FrozenTrial:
 
 def _require_checkpoint(t: FrozenTrial) -> FrozenTrial:
     if t.state != TrialState.COMPLETE:
-        reason = t.user_attrs.get("pruned_reason")
+        reason = TrialRecord.of(t).pruned_reason
         why = f" (pruned_reason: {reason})" if reason else ""
         raise ExportError(f"trial {t.number} is {t.state.name}{why}; only completed trials have a checkpoint")
-    if not t.user_attrs.get("checkpoint_artifact_id"):
+    if not TrialRecord.of(t).checkpoint_artifact_id:
         raise ExportError(f"trial {t.number} is COMPLETE but has no checkpoint (no checkpoint_artifact_id user "
                           f"attribute); it was not run by micronet-search")
     return t
@@ -219,7 +220,7 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, workdir: str | Pat
     if not Path(store_dir).is_dir():
         raise ExportError(f"the artifact store {store_dir} of study {study.study_name!r} does not exist (moved, or "
                           f"on another machine?)")
-    artifact_id = trial.user_attrs["checkpoint_artifact_id"]
+    artifact_id = TrialRecord.of(trial).checkpoint_artifact_id
     where = Path(store_dir) / artifact_id
     path = Path(workdir) / f"trial-{trial.number}.pt"
     try:
@@ -531,17 +532,17 @@ def _reference(study: optuna.Study) -> ScoreReference:
 
 def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> dict:
     """Bit widths, counts and both scores with their terms, from the trial's records."""
-    a = trial.user_attrs
-    compression = Compression(**(a.get("candidate") or {}).get("compression", {}))
+    a = TrialRecord.of(trial)
+    compression = Compression(**(a.candidate or {}).get("compression", {}))
     qw, qa = quantization_of(model)
     reference = _reference(study)
-    counts = {k: a.get(k) for k in ("dense_params", "dense_macs", "compressed_params", "compressed_macs",
-                                     "nonzero_params")}
+    counts = {k: getattr(a, k) for k in ("dense_params", "dense_macs", "compressed_params", "compressed_macs",
+                                         "nonzero_params")}
     counts["exported_nonzero_params"] = count_nonzero_params(model)  # quantization can round more weights to 0
     card = {"bits": {"qw": qw, "qa": qa}, "activation_quantizers": activation_quantizers(model),
             "pruning": {"ps": compression.ps, "pu": compression.pu},
             "complexity": counts, "score": trial.values[1], "score_terms": None,
-            "measured_score": a.get("measured_score"), "measured_score_terms": None,
+            "measured_score": a.measured_score, "measured_score_terms": None,
             "score_reference": {"params": reference.params, "macs": reference.macs}}
     if counts["dense_params"] is not None and counts["dense_macs"] is not None:
         s = compute_score(counts["dense_params"], counts["dense_macs"], compression, reference)

@@ -8,6 +8,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import ConfigError
+from search.record import TrialRecord
 
 ROW_KEYS = ("trial", "val_accuracy", "score", "measured_score", "params", "macs", "compressed_params",
             "compressed_macs", "nonzero_params", "arch", "width", "groups", "depthwise", "ps", "pu", "qw", "qa",
@@ -20,19 +21,19 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def row(t: FrozenTrial) -> dict:
-    cand = t.user_attrs.get("candidate", {})
+    a = TrialRecord.of(t)
+    cand = a.candidate or {}
     comp = cand.get("compression", {})
     kd = cand.get("distillation") or {}
-    a = t.user_attrs
     return {
         "trial": t.number, "val_accuracy": t.values[0], "score": t.values[1],
-        "measured_score": a.get("measured_score"), "params": a.get("dense_params"), "macs": a.get("dense_macs"),
-        "compressed_params": a.get("compressed_params"), "compressed_macs": a.get("compressed_macs"),
-        "nonzero_params": a.get("nonzero_params"), "arch": cand.get("arch"), "width": cand.get("width"),
+        "measured_score": a.measured_score, "params": a.dense_params, "macs": a.dense_macs,
+        "compressed_params": a.compressed_params, "compressed_macs": a.compressed_macs,
+        "nonzero_params": a.nonzero_params, "arch": cand.get("arch"), "width": cand.get("width"),
         "groups": cand.get("groups"), "depthwise": cand.get("depthwise"), "ps": comp.get("ps"), "pu": comp.get("pu"),
         "qw": comp.get("qw"), "qa": comp.get("qa"), "kd_temperature": kd.get("temperature"),
-        "epochs_run": a.get("epochs_run"), "wall_s": a.get("wall_s"), "base_reused": a.get("base_reused"),
-        "checkpoint": a.get("checkpoint_artifact_id"),
+        "epochs_run": a.epochs_run, "wall_s": a.wall_s, "base_reused": a.base_reused,
+        "checkpoint": a.checkpoint_artifact_id,
     }
 
 

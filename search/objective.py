@@ -15,6 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
+from search import record
 from search.bases import Base, BaseStore, base_key, data_identity, model_digest
 from search.candidate import Candidate, costs, run_candidate
 from search.checkpoint import save_candidate_checkpoint
@@ -22,11 +23,11 @@ from search.data import Splits
 from search.errors import ConfigError
 from search.locks import study_lock
 from search.pruner import EarlyStopper, Finished
+from search.record import TrialRecord
 from search.study import LoadedStudy, candidate_from
 from search.train import EpochReport, NonFiniteLossError
 
 ACCURACY_FLOOR = "accuracy_floor"
-RESUME = "resume"  # user attribute: {"artifact_id", "epoch"} of the trial's last epoch checkpoint
 
 
 class Objective:
@@ -59,7 +60,7 @@ class Objective:
         try:
             values = self.space.sample(trial)
             if self.worker:
-                trial.set_user_attr("worker", self.worker)
+                record.write(trial, worker=self.worker)
             # Still under the runner's claim: every trial started before this one has all its parameters, so
             # two workers that draw the same candidate at once see each other here.
             duplicate = _duplicate_of(trial)
@@ -77,14 +78,15 @@ class Objective:
         except ConfigError as e:
             _prune(trial, f"cannot build this candidate: {e}")
         score = cost.course_score.total
-        trial.set_user_attr("candidate", candidate.to_dict())
-        _record(trial, {
-            "dense_params": cost.dense.params, "dense_macs": cost.dense.macs,
-            "compressed_params": cost.compressed.params, "compressed_macs": cost.compressed.macs,
-            "nonzero_params": cost.compressed.nonzero_params, "course_score": score,
-            "measured_score": cost.measured_score.total, "device": str(self.data.device),
-            "dense_epochs": candidate.dense_epochs,
-        })
+        record.write(trial, candidate=candidate.to_dict())
+        record.write(
+            trial,
+            dense_params=cost.dense.params, dense_macs=cost.dense.macs,
+            compressed_params=cost.compressed.params, compressed_macs=cost.compressed.macs,
+            nonzero_params=cost.compressed.nonzero_params, course_score=score,
+            measured_score=cost.measured_score.total, device=str(self.data.device),
+            dense_epochs=candidate.dense_epochs,
+        )
         reason = self._dominated_before_training(trial, score) or self._predicted_too_long(trial, candidate, cost)
         if reason:
             _prune(trial, reason)
@@ -116,7 +118,7 @@ class Objective:
             elif trained[0] == 0:
                 trained[1] = time.perf_counter()  # the replay of a reused base costs nothing: the clock starts after
             if why:
-                _record(trial, {"wall_s": time.perf_counter() - start, "epochs_run": report.epoch})
+                record.write(trial, wall_s=time.perf_counter() - start, epochs_run=report.epoch)
                 _prune(trial, why)
 
         last_saved = [time.monotonic()]
@@ -139,14 +141,15 @@ class Objective:
                                    base=base)
         except NonFiniteLossError as e:
             _prune(trial, str(e))
-        _record(trial, {
-            "epochs_run": result.epochs_run, "wall_s": time.perf_counter() - start,
-            "train_s": result.wall_s - spent[0], "bookkeeping_s": spent[0], "sample_s": sample_s,
-            "images_per_s": result.train_images_per_s, "sparsity": result.sparsity,
-            "threads": torch.get_num_threads(),  # this worker's share of its host's cores when the trial ended
-            "nonzero_params": result.costs.compressed.nonzero_params,
-            "measured_score": result.costs.measured_score.total,
-        })
+        record.write(
+            trial,
+            epochs_run=result.epochs_run, wall_s=time.perf_counter() - start,
+            train_s=result.wall_s - spent[0], bookkeeping_s=spent[0], sample_s=sample_s,
+            images_per_s=result.train_images_per_s, sparsity=result.sparsity,
+            threads=torch.get_num_threads(),  # this worker's share of its host's cores when the trial ended
+            nonzero_params=result.costs.compressed.nonzero_params,
+            measured_score=result.costs.measured_score.total,
+        )
         if self.config.accuracy_floor is not None:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
         self._save_checkpoint(trial, candidate, result)
@@ -163,7 +166,7 @@ class Objective:
         if candidate.distillation is not None and "teacher" not in ids:
             ids["teacher"] = f"{self.config.teacher.key(self.config.data)}-{model_digest(self.teacher)}"
         key = base_key(candidate, ids["data"], ids.get("teacher"), self.data.device.type)
-        _record(trial, {"base_key": key, "base_reused": False, "epochs_saved": 0})
+        record.write(trial, base_key=key, base_reused=False, epochs_saved=0)
         if key is None:
             return None
         if self._bases is None:
@@ -171,7 +174,7 @@ class Objective:
             self._bases = BaseStore(self.artifact_store, lambda k: study_lock(url, f"{name}:base:{k}"))
 
         def ready(reused: bool) -> None:
-            _record(trial, {"base_reused": reused, "epochs_saved": candidate.dense_epochs if reused else 0})
+            record.write(trial, base_reused=reused, epochs_saved=candidate.dense_epochs if reused else 0)
 
         return Base(self._bases, key, ready)
 
@@ -183,32 +186,32 @@ class Objective:
         buffer.seek(0)
         artifact_id = f"resume-{uuid.uuid4().hex}"
         self.artifact_store.write(artifact_id, buffer)
-        previous = trial.user_attrs.get(RESUME)
-        trial.set_user_attr(RESUME, {"artifact_id": artifact_id, "epoch": epoch})
+        previous = TrialRecord.of(trial).resume
+        record.write(trial, resume={"artifact_id": artifact_id, "epoch": epoch})
         if previous:
             self._remove(previous["artifact_id"])
 
     def _resume_state(self, trial, candidate: Candidate) -> dict | None:
         """The last epoch checkpoint of the trial this one retries, if there is one and it can be read."""
-        pointer = trial.user_attrs.get(RESUME)  # copied from the failed trial by the retry callback
+        pointer = TrialRecord.of(trial).resume  # copied from the failed trial by the retry callback
         if not pointer or trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is None:
             return None
         try:
             with self.artifact_store.open_reader(pointer["artifact_id"]) as f:
                 state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
         except Exception as e:  # missing or torn file: start again from epoch 0
-            trial.set_user_attr("resume_error", f"{type(e).__name__}: {e}"[:200])
+            record.write(trial, resume_error=f"{type(e).__name__}: {e}"[:200])
             return None
         if state.get("candidate") != candidate.to_dict():
             return None
-        trial.set_user_attr("resumed_from_epoch", pointer["epoch"])
+        record.write(trial, resumed_from_epoch=pointer["epoch"])
         return state
 
     def _drop_resume(self, trial) -> None:
-        pointer = trial.user_attrs.get(RESUME)
+        pointer = TrialRecord.of(trial).resume
         if pointer:
             self._remove(pointer["artifact_id"])
-            trial.set_user_attr(RESUME, None)
+            record.write(trial, resume=None)
 
     def _remove(self, artifact_id: str) -> None:
         try:
@@ -221,13 +224,13 @@ class Objective:
         every other trial with a learning curve (complete, stopped early, running)."""
         if self.stopper.sees != "all":
             done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            return [Finished(t.values[1], dict(t.intermediate_values), t.user_attrs.get("dense_epochs")) for t in done]
+            return [Finished(t.values[1], dict(t.intermediate_values), TrialRecord.of(t).dense_epochs) for t in done]
         states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        return [Finished(t.values[1] if t.state == TrialState.COMPLETE else t.user_attrs["course_score"],
-                         dict(t.intermediate_values), t.user_attrs.get("dense_epochs"))
+        return [Finished(t.values[1] if t.state == TrialState.COMPLETE else TrialRecord.of(t).course_score,
+                         dict(t.intermediate_values), TrialRecord.of(t).dense_epochs)
                 for t in trial.study.get_trials(deepcopy=False, states=states)
                 if t.number != trial.number and t.intermediate_values
-                and (t.state == TrialState.COMPLETE or "course_score" in t.user_attrs)]
+                and (t.state == TrialState.COMPLETE or record.has(t, "course_score"))]
 
     def _predicted_too_long(self, trial, candidate: Candidate, cost) -> str | None:
         """With ``max_trial_seconds``: the reason not to start a candidate whose training time, predicted from its
@@ -238,17 +241,17 @@ class Objective:
             return None
         rates = []
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            a = t.user_attrs
-            epochs = (a.get("epochs_run") or 0) - (a.get("epochs_saved") or 0)
-            if a.get("train_s") and a.get("dense_macs") and epochs > 0:
-                rates.append(a["dense_macs"] * len(self.data.y_train) * epochs / a["train_s"])
+            r = TrialRecord.of(t)
+            epochs = (r.epochs_run or 0) - (r.epochs_saved or 0)
+            if r.train_s and r.dense_macs and epochs > 0:
+                rates.append(r.dense_macs * len(self.data.y_train) * epochs / r.train_s)
         if len(rates) < 3:
             return None
         epochs = candidate.train.epochs
         predicted = cost.dense.macs * len(self.data.y_train) * epochs / float(np.median(rates))
         if predicted <= cap:
             return None
-        trial.set_user_attr("predicted_train_s", predicted)
+        record.write(trial, predicted_train_s=predicted)
         return (f"predicted to train for {predicted:.0f} s ({epochs} epochs at the median MAC throughput of "
                 f"{len(rates)} finished trials), over max_trial_seconds {cap:g}")
 
@@ -280,7 +283,7 @@ class Objective:
                                       result.val_accuracy)
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                            study_or_trial=trial, mimetype="application/octet-stream")
-        trial.set_user_attr("checkpoint_artifact_id", artifact_id)
+        record.write(trial, checkpoint_artifact_id=artifact_id)
 
 
 def _duplicate_of(trial) -> str | None:
@@ -325,11 +328,6 @@ class _Lazy(Sequence):
         return len(self._get())
 
 
-def _record(trial, attrs: dict) -> None:
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-
-
 def _prune(trial, reason: str):
-    trial.set_user_attr("pruned_reason", reason)
+    record.write(trial, pruned_reason=reason)
     raise optuna.TrialPruned(reason)

@@ -25,6 +25,7 @@ from search.data import Splits, load_data
 from search.device import pick_device
 from search.locks import study_lock
 from search.objective import Objective
+from search.record import TrialRecord
 from search.storage import artifact_store, retry_callback
 from search.study import LoadedStudy, open_study
 from search.teacher import get_shared_teacher
@@ -178,7 +179,7 @@ def _requeue(study: optuna.Study, trial_id: int, max_retry: int, say) -> None:
     before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     retry_callback(max_retry)(study, trial)
     if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
-        epoch = (trial.user_attrs.get("resume") or {}).get("epoch")
+        epoch = (TrialRecord.of(trial).resume or {}).get("epoch")
         say(f"trial {trial.number} stopped and queued again" + (f"; it resumes after epoch {epoch}" if epoch else ""))
     else:
         say(f"trial {trial.number} stopped; not queued again: it was already retried {max_retry} time(s) "

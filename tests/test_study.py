@@ -127,12 +127,13 @@ def test_early_stopping_prunes_with_a_reason(tmp_path):
     path = write_study(tmp_path, n_trials=6, extra="", space=SPACE.replace("[1, 2, 3]", "[1]"))
     text = path.read_text().replace("pruner: {name: none, skip_dominated: false}",
                                     "pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, percentile: 100}")
-    path.write_text(text)
+    # 3 epochs: a stopper decides after epochs 1 and 2 (after the last one stopping would save nothing)
+    path.write_text(text.replace("train: {epochs: 2,", "train: {epochs: 3,"))
     study = run_study(load_study_file(path))
     pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
     assert pruned, "percentile 100 stops every trial that does not beat all its finished rivals"
     assert all("percentile" in t.user_attrs["pruned_reason"] for t in pruned)
-    assert all(len(t.intermediate_values) >= 1 for t in pruned)
+    assert all(1 <= max(t.intermediate_values) < 3 for t in pruned)
 
 
 TPE_SPACE = """\

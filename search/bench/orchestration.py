@@ -16,6 +16,8 @@ from pathlib import Path
 
 import optuna
 
+from search.record import TrialRecord
+
 SPACE = """\
 params:
   arch: {value: resnet20}
@@ -60,10 +62,10 @@ def orchestration_overhead(n_trials: int = 3, epochs: int = 8, dataset: str = "d
     # steady state: from the end of the first trial, which also pays one-time warm-ups (kernels, caches)
     first, rest = done[0], done[1:]
     span = (done[-1].datetime_complete - first.datetime_complete).total_seconds()
-    train = sum(t.user_attrs["train_s"] for t in rest)
+    train = sum(TrialRecord.of(t).train_s for t in rest)
     first_s = (first.datetime_complete - first.datetime_start).total_seconds()
     return {"orchestration_s": (span - train) / len(rest), "trial_s": span / len(rest),
             "fraction": (span - train) / span, "trials": len(rest),
-            "first_orchestration_s": first_s - first.user_attrs["train_s"],
-            "sample_s": sum(t.user_attrs["sample_s"] for t in rest) / len(rest),
-            "bookkeeping_s": sum(t.user_attrs["bookkeeping_s"] for t in rest) / len(rest)}
+            "first_orchestration_s": first_s - TrialRecord.of(first).train_s,
+            "sample_s": sum(TrialRecord.of(t).sample_s for t in rest) / len(rest),
+            "bookkeeping_s": sum(TrialRecord.of(t).bookkeeping_s for t in rest) / len(rest)}

@@ -164,6 +164,8 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
     import optuna
     from optuna.trial import TrialState
 
+    from search.record import TrialRecord
+
     name = f"{arm.name}-s{seed}"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'db' / name}.db")
     trials = []
@@ -173,14 +175,14 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
         at = (t.datetime_complete - wall).total_seconds()
         if at > budget_s:
             continue
-        a = t.user_attrs
+        a = TrialRecord.of(t)
         trials.append({
             "number": t.number, "state": t.state.name, "at_s": at,
             "values": list(t.values) if t.state == TrialState.COMPLETE else None,
-            "score": t.values[1] if t.state == TrialState.COMPLETE else a.get("course_score"),
-            "epochs_run": len(t.intermediate_values), "pruned_reason": a.get("pruned_reason"),
-            "base_reused": a.get("base_reused"), "epochs_saved": a.get("epochs_saved", 0),
-            "candidate": a.get("candidate"),
+            "score": t.values[1] if t.state == TrialState.COMPLETE else a.course_score,
+            "epochs_run": len(t.intermediate_values), "pruned_reason": a.pruned_reason,
+            "base_reused": a.base_reused, "epochs_saved": a.epochs_saved or 0,
+            "candidate": a.candidate,
         })
     points = [(t["values"][0], t["values"][1]) for t in trials if t["values"]]
     hv_at = [hypervolume([(t["values"][0], t["values"][1]) for t in trials

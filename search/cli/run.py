@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from search.cli.front import print_front
 from search.errors import ConfigError
 from search.front import front_rows
+from search.record import TrialRecord
 from search.storage import mask
 from search.study import load_study_file, open_study
 
@@ -112,8 +113,8 @@ class StudyProgress:
         if trial.state == TrialState.COMPLETE:
             what = f"accuracy {trial.values[0]:.2%}, score {trial.values[1]:.4g}"
         else:
-            what = trial.user_attrs.get("pruned_reason", trial.state.name.lower())
-        worker = trial.user_attrs.get("worker")
+            what = TrialRecord.of(trial).pruned_reason or trial.state.name.lower()
+        worker = TrialRecord.of(trial).worker
         self.log(f"trial {trial.number} {trial.state.name.lower()}: {what}" + (f"  [{worker}]" if worker else ""))
         if self.live:
             self.progress.update(self.study_task, completed=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],

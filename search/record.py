@@ -1,0 +1,73 @@
+"""What a trial records: its Optuna user attributes, written and read through one dataclass.
+
+The objective writes them (:func:`write`); front, export, the runner, the CLI and the benchmarks read them
+(:meth:`TrialRecord.of`). A field's name is its user-attribute key, so studies stored before this module read the
+same; a misspelt key is an error at the writer instead of a silent ``None`` at a reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    # the candidate (Candidate.to_dict) and who trained it
+    candidate: dict | None = None
+    worker: str | None = None
+    device: str | None = None
+    threads: int | None = None
+    # counts and scores, known before training
+    dense_params: int | None = None
+    dense_macs: int | None = None
+    compressed_params: int | None = None
+    compressed_macs: int | None = None
+    nonzero_params: int | None = None      # measured again after training
+    course_score: float | None = None      # the study's score objective, also on trials stopped early
+    measured_score: float | None = None
+    dense_epochs: int | None = None        # the epoch it was compressed after (stoppers compare like with like)
+    # training
+    epochs_run: int | None = None
+    wall_s: float | None = None
+    train_s: float | None = None
+    bookkeeping_s: float | None = None
+    sample_s: float | None = None
+    images_per_s: float | None = None
+    sparsity: float | None = None
+    # reuse of the dense phase (search.bases)
+    base_key: str | None = None
+    base_reused: bool | None = None
+    epochs_saved: int | None = None
+    # why it ended early, and cost bounds
+    pruned_reason: str | None = None
+    predicted_train_s: float | None = None
+    # artifacts: the final checkpoint, the resume checkpoint of a running trial
+    checkpoint_artifact_id: str | None = None
+    resume: dict | None = None             # {"artifact_id", "epoch"}
+    resume_error: str | None = None
+    resumed_from_epoch: int | None = None
+
+    @classmethod
+    def of(cls, trial) -> TrialRecord:
+        """The record of a trial (``FrozenTrial`` or a live ``Trial``); keys it does not know are ignored."""
+        attrs = trial.user_attrs
+        return cls(**{k: attrs[k] for k in _KEYS if k in attrs})
+
+
+_KEYS = frozenset(f.name for f in fields(TrialRecord))
+
+
+def write(trial, **values) -> None:
+    """Set the given fields of ``trial``'s record (user attributes)."""
+    unknown = sorted(set(values) - _KEYS)
+    if unknown:
+        raise KeyError(f"not a TrialRecord field: {', '.join(unknown)}")
+    for key, value in values.items():
+        trial.set_user_attr(key, value)
+
+
+def has(trial, key: str) -> bool:
+    """Whether ``trial`` recorded ``key`` (a field of TrialRecord), as opposed to recording None."""
+    if key not in _KEYS:
+        raise KeyError(f"not a TrialRecord field: {key}")
+    return key in trial.user_attrs
