@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from search.errors import MicronetError
 
-DATASETS = ("cifar10", "cifar100", "npz", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "npz", "folder", "digits", "synthetic")
 IMAGE_SHAPE = (3, 32, 32)
 
 
@@ -49,6 +49,7 @@ class DataConfig:
     seed: int = 0
     synthetic_size: int = 1024  # synthetic only: training images (the test split is a quarter of it)
     synthetic_classes: int = 10
+    image_size: int = 32        # folder only: images are resized to image_size × image_size once, when loaded
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -61,6 +62,13 @@ class DataConfig:
             raise DataError(f"subset must be a number of training images >= 2, got {self.subset!r}")
         if self.name == "npz" and not self.path:
             raise DataError("the npz dataset needs a path: --data-path FILE.npz (or path: in the study file)")
+        if self.name == "folder" and not self.path:
+            raise DataError("the folder dataset needs a path: --data-path DIR (or path: in the study file), a folder "
+                            "of class folders, or one with train/ and test/ class folders")
+        if isinstance(self.image_size, bool) or self.image_size != 32:
+            # The score's MAC counts, structured pruning's trace and the export's input shape are 32×32 today.
+            raise DataError(f"image_size must be 32 (images are resized to 32×32 when loaded), got "
+                            f"{self.image_size!r}")
 
     def key(self) -> str:
         """A short stable description, used in cache keys."""
@@ -69,6 +77,8 @@ class DataConfig:
             parts.append(Path(self.path).name)
         if self.subset:
             parts.append(f"subset{self.subset}")
+        if self.name == "folder":
+            parts.append(f"px{self.image_size}")
         if self.name == "synthetic":
             parts.append(f"n{self.synthetic_size}c{self.synthetic_classes}")
         parts.append(f"val{self.val_fraction:g}s{self.seed}")
@@ -228,6 +238,75 @@ def _load_npz(config: DataConfig):
     return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
 
 
+FOLDER_TEST_FRACTION = 0.2  # a folder without train/ and test/: this share of each class is the test split
+
+
+def _load_folder(config: DataConfig):
+    """torchvision's ImageFolder layout: ``DIR/<class>/*.png`` (any size, any format PIL reads), or
+    ``DIR/train/<class>/…`` with ``DIR/test/<class>/…``. Every image is decoded and resized to ``image_size`` once,
+    here; training then works on the uint8 tensors like every other dataset. Without train/ and test/ a seeded
+    stratified fifth of each class is the test split (seed 0, whatever the study's seed: the test split stays put).
+    """
+    root = Path(config.path)
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}; pass a folder of class folders (DIR/<class>/*.png) or one "
+                        f"with train/ and test/ class folders")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        if not ((root / "train").is_dir() and (root / "test").is_dir()):
+            have, lack = ("train", "test") if (root / "train").is_dir() else ("test", "train")
+            raise DataError(f"{root} has {have}/ but no {lack}/; give both, or put the class folders directly in "
+                            f"{root} for a seeded split")
+        train_classes, test_classes = _class_folders(root / "train"), _class_folders(root / "test")
+        if train_classes != test_classes:
+            only_train = sorted(set(train_classes) - set(test_classes))
+            only_test = sorted(set(test_classes) - set(train_classes))
+            raise DataError(f"{root}: train/ and test/ have different classes (only in train: "
+                            f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'})")
+        x_train, y_train = _read_images(root / "train", train_classes, config.image_size)
+        x_test, y_test = _read_images(root / "test", test_classes, config.image_size)
+        return x_train, y_train, x_test, y_test
+    classes = _class_folders(root)
+    x, y = _read_images(root, classes, config.image_size)
+    test = stratified_split(y, FOLDER_TEST_FRACTION, seed=0)
+    train = np.setdiff1d(np.arange(len(y)), test)
+    return x[train], y[train], x[test], y[test]
+
+
+def _class_folders(root: Path) -> list[str]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class folders; put each class's images in a folder of its own "
+                        f"({root}/<class>/*.png)")
+    if len(classes) < 2:
+        raise DataError(f"{root} has one class folder ({classes[0]}); a classifier needs at least two classes")
+    return classes
+
+
+def _read_images(root: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(str(root), allow_empty=True)  # its file discovery and extensions; we decode below
+    counts = np.bincount([c for _, c in folder.samples], minlength=len(folder.classes))
+    empty = [name for name, n in zip(folder.classes, counts, strict=True) if n == 0]
+    if empty:
+        raise DataError(f"{root}: class folder {empty[0]} has no images (file types read: "
+                        f"{', '.join(e.lstrip('.') for e in folder.extensions)})")
+    x = np.empty((len(folder.samples), size, size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(folder.samples):
+        # Decoding is per image by nature; it happens once, at load time, never in the training loop.
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+                if rgb.size != (size, size):
+                    rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+                x[i] = np.asarray(rgb, dtype=np.uint8)
+        except Exception as e:
+            raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); delete or replace it") from None
+    y = np.asarray([c for _, c in folder.samples], dtype=np.int64)
+    return x, y
+
+
 def _load_digits(config: DataConfig):
     """scikit-learn's bundled 8×8 digits (1,797 real scans), upscaled to 32×32×3; no network needed."""
     from sklearn.datasets import load_digits
@@ -263,12 +342,12 @@ def _load_synthetic(config: DataConfig):
     return x_train, y_train, x_test, y_test
 
 
-_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "npz": _load_npz, "digits": _load_digits,
-            "synthetic": _load_synthetic}
+_LOADERS = {"cifar10": _load_cifar, "cifar100": _load_cifar, "npz": _load_npz, "folder": _load_folder,
+            "digits": _load_digits, "synthetic": _load_synthetic}
 
 
 def _check_arrays(config, x_train, y_train, x_test, y_test):
-    where = config.path if config.name == "npz" else config.name
+    where = config.path if config.name in ("npz", "folder") else config.name
     out = []
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)

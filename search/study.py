@@ -184,9 +184,9 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
     overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
     if data_path is not None:
         overrides["data"] = replace(config.data, path=data_path)
-    elif config.data.name == "npz" and config.data.path and not Path(config.data.path).is_absolute() \
+    elif config.data.name in ("npz", "folder") and config.data.path and not Path(config.data.path).is_absolute() \
             and not Path(config.data.path).exists():
-        found = [c for c in (path.parent / config.data.path, path.parent.parent / config.data.path) if c.is_file()]
+        found = [c for c in (path.parent / config.data.path, path.parent.parent / config.data.path) if c.exists()]
         if found:
             overrides["data"] = replace(config.data, path=str(found[0]))
     if overrides:

@@ -14,8 +14,9 @@ from search.train import EpochReport
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="cifar10, cifar100, npz, digits or synthetic (default digits)")
-    g.add_argument("--data-path", help="folder holding cifar-10-batches-py / cifar-100-python, or the .npz file")
+    g.add_argument("--dataset", help="cifar10, cifar100, npz, folder, digits or synthetic (default digits)")
+    g.add_argument("--data-path", help="folder holding cifar-10-batches-py / cifar-100-python, the .npz file, or the "
+                                       "image folder (DIR/<class>/*.png, or DIR/train/… and DIR/test/…)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR when missing (online)")
     g.add_argument("--subset", type=int, help="keep the first N training images (stratified)")
     g.add_argument("--val-fraction", type=float, help="validation share of the training images (default 0.1)")
