@@ -61,3 +61,28 @@ def test_bad_bench_arguments_are_one_line(tmp_path):
                         str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode != 0
     assert "unknown arm 'nope'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_arm_writes_a_valid_study_file(tmp_path):
+    from search.bench.search import ALL_ARMS, Plan, study_file
+    from search.study import load_study_file
+
+    plan = Plan(seeds=(4,))
+    for arm in ALL_ARMS:
+        loaded = load_study_file(study_file(plan, arm, 4, tmp_path, None))
+        cfg = loaded.config
+        assert cfg.sampler.seed == 4 and cfg.timeout == plan.budget_s and cfg.n_trials is None
+        assert cfg.storage.endswith(f"{arm.name}-s4.db")
+        expected = {"random": "random", "tpe-pareto": "tpe", "new-default": "tpe", "random-moasha": "random",
+                    "nsga2-moasha": "nsga2", "gp-moasha": "gp"}[arm.name]
+        assert cfg.sampler.name == expected
+        if arm.name == "random":  # the baseline: no stopping, no reuse
+            assert cfg.pruner.name == "none" and not cfg.pruner.skip_dominated and not cfg.reuse_bases
+        elif arm.name != "tpe-pareto":
+            assert cfg.pruner.name == "moasha" and cfg.reuse_bases
+
+
+def test_arms_must_start_with_the_baseline(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "search", "bench", "search", "--arms", "gp-moasha,random", "--work",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--arms must start with random" in p.stderr and "Traceback" not in p.stderr

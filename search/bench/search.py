@@ -54,6 +54,16 @@ ARMS = (
          "reuse_bases": False}),
     Arm("new-default", "the study file as shipped (studies/cifar10-dev.yaml)", {}),
 )
+# Arms that --arms can add, to tell apart what the new default's parts buy (the sampler; the stopper and reuse).
+EXTRA_ARMS = (
+    Arm("random-moasha", "random sampling with the shipped stopper and reuse",
+        {"sampler": {"name": "random"}}),
+    Arm("nsga2-moasha", "NSGA-II (population 10) with the shipped stopper and reuse",
+        {"sampler": {"name": "nsga2", "population_size": 10}}),
+    Arm("gp-moasha", "Optuna's GPSampler (EHVI, 10 start-up trials) with the shipped stopper and reuse",
+        {"sampler": {"name": "gp", "n_startup_trials": 10}}),
+)
+ALL_ARMS = ARMS + EXTRA_ARMS
 
 
 @dataclass(frozen=True)

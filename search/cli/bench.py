@@ -18,7 +18,8 @@ def add_parser(commands) -> None:
     p.add_argument("--seeds", type=int, help="search: seeds per arm (default 3)")
     p.add_argument("--budget", type=float, help="search: seconds per run (default 1080)")
     p.add_argument("--parallel", type=int, help="search: runs at a time, one core each (default 2)")
-    p.add_argument("--arms", help="search: comma-separated arms to run (default all: random,tpe-pareto,new-default)")
+    p.add_argument("--arms", help="search: comma-separated arms to run, the baseline first (default: random,tpe-pareto,"
+                                  "new-default; also random-moasha, nsga2-moasha, gp-moasha)")
     p.add_argument("--study", help="search: the study whose arms run (default studies/cifar10-dev.yaml)")
     p.add_argument("--data-path", help="search: the .npz file (default: the study file's)")
     p.add_argument("--work", help="search: folder for the runs' storages and records (default "
@@ -86,10 +87,12 @@ def run_search(args) -> int:
     arms = bench.ARMS
     if args.arms:
         names = args.arms.split(",")
-        unknown = [n for n in names if n not in {a.name for a in bench.ARMS}]
+        unknown = [n for n in names if n not in {a.name for a in bench.ALL_ARMS}]
         if unknown:
-            raise ConfigError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(a.name for a in bench.ARMS)}")
-        arms = tuple(a for a in bench.ARMS if a.name in names)
+            raise ConfigError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(a.name for a in bench.ALL_ARMS)}")
+        if names[0] != "random":
+            raise ConfigError("--arms must start with random: the baseline every other arm is measured against")
+        arms = tuple(next(a for a in bench.ALL_ARMS if a.name == n) for n in dict.fromkeys(names))
     load_study_file(plan.study, data_path=args.data_path)  # a bad study file: one line, before any run
     if plan.quick_data is None:
         from search.cli.run import check_data
