@@ -1,0 +1,45 @@
+"""``micronet-search report``: one page about a study (the front, how it grew, learning curves, what matters,
+what stopping saved, what failed), as self-contained HTML or as Markdown. Works on a running study too."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from search.errors import ConfigError
+from search.storage import ENV_STORAGE
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("report", help="write a readable report of a study (HTML or Markdown)",
+                            description=__doc__)
+    p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--out", help="file to write (default: REPORT-<study>.html or .md); '-' prints to stdout")
+    p.add_argument("--format", choices=("html", "md"), help="html (default, or from --out's suffix) or md")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from search import report
+    from search.cli.front import load_existing_study
+
+    fmt = args.format or ("md" if args.out and args.out.endswith(".md") else "html")
+    out = args.out or f"REPORT-{args.study}.{fmt}"
+    if out != "-":
+        folder = Path(out).resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"cannot write {out}: the folder {folder} does not exist")
+    study = load_existing_study(args.storage or os.environ.get(ENV_STORAGE), args.study)
+    built = report.build(study)
+    text = report.to_html(built) if fmt == "html" else report.to_markdown(built)
+    if out == "-":
+        sys.stdout.write(text)
+        return 0
+    # written next to its place and renamed: a reader never sees half a page
+    part = Path(out).resolve().with_name(f".{Path(out).name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0

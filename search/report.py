@@ -1,0 +1,286 @@
+"""A study report a person can read: one self-contained HTML page (plotly), or a Markdown summary.
+
+What a user asks after a long study, and optuna-dashboard does not draw for a multi-objective one: the front (with
+the accuracy floor), how it grew (hypervolume history), every trial's learning curve coloured by how it ended,
+which parameters matter for accuracy and which for the score (fANOVA importance per objective, seeded), what early
+stopping and reuse saved (epochs run against epochs requested), and which trials failed or were refused, and why.
+It reads the study as it is, so it works on a study that is still running.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.front import front_trials, hypervolume_history
+from search.record import TrialRecord
+
+STATE_COLOURS = {"COMPLETE": "#2a9d3f", "PRUNED": "#e08a00", "FAIL": "#c62828", "RUNNING": "#1f6fd1",
+                 "WAITING": "#888888"}
+OBJECTIVES = ("validation accuracy", "score")
+IMPORTANCE_SEED = 0  # fANOVA's forest is random: a fixed seed makes the page and a direct computation agree
+
+
+@dataclass
+class Report:
+    study: str
+    made: str
+    counts: dict[str, int]
+    accuracy_floor: float | None
+    trials: list[dict]                 # one row per trial (all states)
+    front: list[int]                   # trial numbers of the Pareto front
+    hypervolume: list[tuple[int, float]]
+    importance: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> param -> importance
+    importance_note: str | None = None
+    epochs_requested: int = 0
+    epochs_run: int = 0
+    epochs_reused: int = 0
+
+
+def build(study: optuna.Study) -> Report:
+    """Everything the page shows, read from the study's storage once."""
+    trials = study.get_trials(deepcopy=False)
+    config = study.user_attrs.get("micronet_config") or {}
+    floor = config.get("accuracy_floor")
+    requested_default = (config.get("train") or {}).get("epochs")
+    rows = [_row(t, requested_default) for t in trials]
+    finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
+    report = Report(
+        study=study.study_name, made=f"{datetime.now():%Y-%m-%d %H:%M}",
+        counts={s.name: sum(t.state == s for t in trials) for s in TrialState},
+        accuracy_floor=floor, trials=rows, front=[t.number for t in front_trials(study)],
+        hypervolume=hypervolume_history(study),
+        epochs_requested=sum(r["epochs_requested"] or 0 for r in finished),
+        epochs_run=sum(r["epochs_trained"] for r in finished),
+        epochs_reused=sum(r["epochs_reused"] for r in finished),
+    )
+    report.importance, report.importance_note = importances(study)
+    return report
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str | None]:
+    """fANOVA importance of the parameters for each objective separately (``target=``), over completed trials."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, f"parameter importance needs at least 2 completed trials; the study has {len(complete)}"
+    out = {}
+    for i, name in enumerate(OBJECTIVES):
+        try:
+            out[name] = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED),
+                target=lambda t, i=i: t.values[i])
+        except (RuntimeError, ValueError) as e:  # e.g. no parameter varied over the completed trials
+            return {}, f"parameter importance could not be computed: {e}"
+    return out, None
+
+
+def _row(t: FrozenTrial, requested_default: int | None) -> dict:
+    r = TrialRecord.of(t)
+    cand = r.candidate or {}
+    requested = (cand.get("train") or {}).get("epochs") or requested_default
+    curve = dict(sorted(t.intermediate_values.items()))
+    reused = r.epochs_saved or 0
+    reason = r.pruned_reason
+    if t.state == TrialState.FAIL:
+        reason = t.system_attrs.get("fail_reason") or reason or "failed (see the worker's log)"
+    return {
+        "number": t.number, "state": t.state.name, "values": list(t.values) if t.values else None,
+        "curve": curve, "epochs_requested": requested, "epochs_trained": max(0, len(curve) - reused),
+        "epochs_reused": reused, "wall_s": r.wall_s, "reason": reason,
+        "refused": t.state == TrialState.PRUNED and not curve,  # pruned before its first epoch
+        "candidate": _candidate_text(cand), "worker": r.worker,
+    }
+
+
+def _candidate_text(c: dict) -> str:
+    if not c:
+        return ""
+    comp = c.get("compression") or {}
+    kd = c.get("distillation")
+    parts = [f"{c.get('arch')} w{c.get('width', 1):g} g{c.get('groups', 1)}" + (" dw" if c.get("depthwise") else ""),
+             f"ps {comp.get('ps', 0):.2f} pu {comp.get('pu', 0):.2f} qw {comp.get('qw', 32)} qa {comp.get('qa', 32)}"]
+    if kd:
+        parts.append(f"kd T {kd.get('temperature')}")
+    return ", ".join(parts)
+
+
+# --- HTML -------------------------------------------------------------------------------------------------------
+
+def to_html(report: Report) -> str:
+    """One self-contained page: plotly.js is inlined once, every figure is a div with a stable id."""
+    figures = [("front", _front_figure(report)), ("hypervolume", _hv_figure(report)),
+               ("curves", _curves_figure(report))]
+    figures += [(importance_id(name), _importance_figure(name, imp)) for name, imp in report.importance.items()]
+    divs = {}
+    for i, (div_id, fig) in enumerate(figures):
+        divs[div_id] = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=div_id,
+                                   config={"displaylogo": False})
+    c = report.counts
+    summary = (f"{c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} stopped or refused, {c.get('FAIL', 0)} "
+               f"failed, {c.get('RUNNING', 0)} running; {len(report.front)} on the front")
+    saving = _savings_text(report)
+    importance = "".join(v for k, v in divs.items() if k.startswith("importance")) or \
+        f"<p>{html.escape(report.importance_note or '')}</p>"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>micronet-search report: {html.escape(report.study)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:1300px}}h2{{margin-top:32px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+td.l,th.l{{text-align:left}}.grid{{display:grid;grid-template-columns:1fr 1fr;gap:12px}}</style></head><body>
+<h1>Study {html.escape(report.study)}</h1>
+<p id="summary">{summary}. Report made {report.made}.</p>
+<h2>Pareto front</h2>{divs['front']}
+<h2>How the front grew</h2>{divs['hypervolume']}
+<h2>Learning curves</h2>{divs['curves']}
+<h2>Which parameters matter</h2><p>fANOVA importance over the completed trials, for each objective separately.</p>
+<div class="grid">{importance}</div>
+<h2>What early stopping and reuse saved</h2><p id="savings">{saving}</p>
+<h2>Failed and refused trials</h2>{_problems_table(report)}
+<h2>All trials</h2>{_trials_table(report)}
+</body></html>
+"""
+
+
+def importance_id(objective: str) -> str:
+    """The div id of an objective's importance plot: importance-accuracy, importance-score."""
+    return "importance-" + ("accuracy" if objective.startswith("validation") else objective)
+
+
+def _front_figure(report: Report):
+    import plotly.graph_objects as go
+
+    front = set(report.front)
+    done = [r for r in report.trials if r["state"] == "COMPLETE"]
+    fig = go.Figure()
+    for name, rows, style in (("trials", [r for r in done if r["number"] not in front], {"color": "#999"}),
+                              ("Pareto front", sorted((r for r in done if r["number"] in front),
+                                                      key=lambda r: r["values"][1]), {"color": "crimson", "size": 9})):
+        fig.add_trace(go.Scatter(
+            x=[r["values"][1] for r in rows], y=[r["values"][0] for r in rows], name=name,
+            mode="markers" if name == "trials" else "lines+markers", marker=style,
+            customdata=[r["number"] for r in rows],
+            text=[f"trial {r['number']}<br>{r['candidate']}" for r in rows],
+            hovertemplate="%{text}<br>accuracy %{y:.4f}<br>score %{x:.4g}<extra></extra>"))
+    if report.accuracy_floor is not None:
+        fig.add_hline(y=report.accuracy_floor, line_dash="dash", line_color="#555",
+                      annotation_text=f"accuracy floor {report.accuracy_floor:g}")
+    fig.update_xaxes(title_text="score (lower is better)", type="log")
+    fig.update_yaxes(title_text="validation accuracy")
+    fig.update_layout(height=460, margin={"t": 30})
+    return fig
+
+
+def _hv_figure(report: Report):
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Scatter(x=[n for n, _ in report.hypervolume], y=[h for _, h in report.hypervolume],
+                               mode="lines+markers", name="hypervolume"))
+    fig.update_xaxes(title_text="trial number")
+    fig.update_yaxes(title_text="hypervolume of the completed trials so far")
+    fig.update_layout(height=320, margin={"t": 30})
+    return fig
+
+
+def _curves_figure(report: Report):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown = set()
+    for r in report.trials:
+        if not r["curve"]:
+            continue
+        state = r["state"]
+        fig.add_trace(go.Scatter(
+            x=list(r["curve"]), y=list(r["curve"].values()), mode="lines+markers", marker={"size": 4},
+            legendgroup=state,
+            name=state.lower(), showlegend=state not in shown, customdata=[r["number"]] * len(r["curve"]),
+            line={"color": STATE_COLOURS.get(state, "#888"), "width": 1.5},
+            hovertemplate=f"trial {r['number']} ({state.lower()})<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>"))
+        shown.add(state)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="validation accuracy")
+    fig.update_layout(height=420, margin={"t": 30})
+    return fig
+
+
+def _importance_figure(objective: str, importance: dict[str, float]):
+    import plotly.graph_objects as go
+
+    names = list(importance)[::-1]  # largest on top
+    fig = go.Figure(go.Bar(x=[importance[n] for n in names], y=names, orientation="h", name=objective))
+    fig.update_layout(title_text=f"for {objective}", height=80 + 28 * len(names), margin={"t": 40, "l": 120})
+    fig.update_xaxes(title_text="importance (fANOVA, sums to 1)")
+    return fig
+
+
+def _savings_text(report: Report) -> str:
+    req, run, reused = report.epochs_requested, report.epochs_run, report.epochs_reused
+    if not req:
+        return "No finished trial yet."
+    saved = req - run - reused
+    return (f"The finished trials asked for {req} epochs; they trained {run} ({run / req:.0%}), took {reused} from "
+            f"reused dense phases, and early stopping or refusal saved {saved} ({saved / req:.0%}).")
+
+
+def _problems_table(report: Report) -> str:
+    rows = [r for r in report.trials if r["state"] in ("FAIL", "PRUNED")]
+    if not rows:
+        return "<p>None.</p>"
+    body = "".join(
+        f"<tr><td>{r['number']}</td><td class='l'>{_ended(r)}</td><td>{len(r['curve'])}</td>"
+        f"<td class='l'>{html.escape(r['reason'] or '')}</td></tr>" for r in rows)
+    return (f"<table id='problems'><tr><th>trial</th><th class='l'>ended</th><th>epochs</th>"
+            f"<th class='l'>reason</th></tr>{body}</table>")
+
+
+def _ended(r: dict) -> str:
+    if r["state"] == "FAIL":
+        return "failed"
+    return "refused before training" if r["refused"] else "stopped early"
+
+
+def _trials_table(report: Report) -> str:
+    def num(v, fmt):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    body = "".join(
+        f"<tr><td>{r['number']}</td><td class='l'>{r['state'].lower()}</td>"
+        f"<td>{num(r['values'][0] if r['values'] else None, '.4f')}</td>"
+        f"<td>{num(r['values'][1] if r['values'] else None, '.4g')}</td><td>{len(r['curve'])}</td>"
+        f"<td>{num(r['wall_s'], '.0f')}</td><td class='l'>{html.escape(r['candidate'])}</td></tr>"
+        for r in report.trials)
+    return (f"<table id='trials'><tr><th>trial</th><th class='l'>state</th><th>accuracy</th><th>score</th>"
+            f"<th>epochs</th><th>time s</th><th class='l'>candidate</th></tr>{body}</table>")
+
+
+# --- Markdown ---------------------------------------------------------------------------------------------------
+
+def to_markdown(report: Report) -> str:
+    c = report.counts
+    lines = [f"# Study {report.study}", "",
+             f"{c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} stopped or refused, {c.get('FAIL', 0)} failed, "
+             f"{c.get('RUNNING', 0)} running. Report made {report.made}.", "", "## Pareto front", "",
+             "| trial | accuracy | score | epochs | time s | candidate |", "|---:|---:|---:|---:|---:|---|"]
+    by_number = {r["number"]: r for r in report.trials}
+    for n in report.front:
+        r = by_number[n]
+        lines.append(f"| {n} | {r['values'][0]:.4f} | {r['values'][1]:.4g} | {len(r['curve'])} | "
+                     f"{'' if r['wall_s'] is None else format(r['wall_s'], '.0f')} | {r['candidate']} |")
+    if report.hypervolume:
+        lines += ["", f"Hypervolume after trial {report.hypervolume[-1][0]}: {report.hypervolume[-1][1]:.5g}."]
+    lines += ["", "## Which parameters matter", ""]
+    if report.importance:
+        for objective, imp in report.importance.items():
+            top = ", ".join(f"{k} {v:.2f}" for k, v in imp.items())
+            lines.append(f"- for {objective}: {top}")
+    else:
+        lines.append(report.importance_note or "")
+    lines += ["", "## What early stopping and reuse saved", "", _savings_text(report), "",
+              "## Failed and refused trials", ""]
+    problems = [r for r in report.trials if r["state"] in ("FAIL", "PRUNED")]
+    lines += [f"- trial {r['number']}, {_ended(r)}: {r['reason'] or ''}" for r in problems] or ["None."]
+    return "\n".join(lines) + "\n"
