@@ -371,11 +371,21 @@ def _check_arrays(config, x_train, y_train, x_test, y_test):
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random crop with ``crop_padding`` zero pixels, horizontal flip, optional cutout of a ``cutout``-pixel square."""
+    """Random crop with ``crop_padding`` zero pixels, horizontal flip, optional cutout of a ``cutout``-pixel square,
+    optional colour jitter (seed 004): brightness scaled by a factor in [1-b, 1+b], contrast (distance from the
+    image's mean grey) by one in [1-c, 1+c], drawn per image."""
 
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+    def __post_init__(self):
+        for key in ("brightness", "contrast"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise DataError(f"augment {key} must be a number in [0, 1) (0 = off), got {value!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a uint8 batch B×C×H×W; one random draw per image, all in batched tensor ops."""
@@ -400,7 +410,20 @@ class Augmentation:
             c = torch.arange(w, device=dev).view(1, 1, w)
             hole = (r >= top) & (r < top + self.cutout) & (c >= left) & (c < left + self.cutout)
             x = x.masked_fill(hole.unsqueeze(1), 0)
+        if self.brightness or self.contrast:
+            x = self._jitter(x, generator)
         return x
+
+    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        xf = x.float()
+        if self.brightness:
+            xf = xf * (1 + (torch.rand(n, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * self.brightness)
+        if self.contrast:
+            grey = xf.mean((1, 2, 3), keepdim=True)
+            xf = grey + (xf - grey) * (1 + (torch.rand(n, 1, 1, 1, device=dev, generator=generator) * 2 - 1)
+                                       * self.contrast)
+        return xf.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -409,6 +432,38 @@ def _crop(padded: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     # Gather rows, then columns: two batched gathers instead of a per-image slice loop.
     x = padded.gather(2, rows.expand(n, c, h, padded.shape[3]))
     return x.gather(3, cols.expand(n, c, h, w))
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, cutmix: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a float batch B×C×H×W with a shuffled copy of
+    itself; returns the batch and soft targets ``lam·onehot(y) + (1-lam)·onehot(y[perm])``.
+
+    ``mixup`` and ``cutmix`` are the Beta(α, α) parameters (0 = off); with both on, each batch uses one of the two
+    at random. For CutMix ``lam`` is the share of the image left uncut, as in the paper. One ``lam`` and one box per
+    batch, all tensor ops; the draws come from ``generator``, so a resumed run mixes the same way.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand((), device=dev, generator=generator).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    # Beta from the generator: torch's Beta sampler takes no generator, so seed numpy's from it.
+    seed = int(torch.randint(0, 2**31 - 1, (), device=dev, generator=generator).item())
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(n, device=dev, generator=generator)
+    if use_cutmix:
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy = int(torch.randint(0, h, (), device=dev, generator=generator).item())
+        cx = int(torch.randint(0, w, (), device=dev, generator=generator).item())
+        top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        x = x.clone()
+        x[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    onehot = F.one_hot(y, num_classes).to(x.dtype)
+    return x, lam * onehot + (1 - lam) * onehot[perm]
 
 
 @functools.lru_cache(maxsize=16)

@@ -38,7 +38,8 @@ PARAMS = {
     "distillation": "distillation on/off", "kd_temperature": "distillation temperature",
     "kd_alpha": "distillation weight", "kd_decreasing": "linearly decrease T to half its value (seed 004)",
     "lr": "peak learning rate", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
-    "batch_size": "batch size", "cutout": "cutout size (0 = off)",
+    "batch_size": "batch size", "cutout": "cutout size (0 = off)", "optimizer": "sgd or adamw",
+    "mixup": "MixUp alpha (0 = off)", "cutmix": "CutMix alpha (0 = off)",
 }
 SPEC_KEYS = {"choices", "low", "high", "log", "step", "int", "value", "when"}
 
@@ -196,7 +197,9 @@ CHECKS = {
     **{k: _compression_check(k) for k in ("ps", "pu", "qw", "qa")}, "compress_at": _compress_at_check,
     "distillation": _bool_check("distillation"), "kd_decreasing": _bool_check("kd_decreasing"),
     "kd_temperature": _distillation_check("temperature"), "kd_alpha": _distillation_check("alpha"),
-    **{k: _train_check(k) for k in ("lr", "weight_decay", "label_smoothing", "batch_size")}, "cutout": _cutout_check,
+    **{k: _train_check(k) for k in ("lr", "weight_decay", "label_smoothing", "batch_size", "optimizer", "mixup",
+                                    "cutmix")},
+    "cutout": _cutout_check,
 }
 MODEL_OPTIONS = ("width", "groups", "depthwise", "growth_rate", "blocks", "bottleneck")
 

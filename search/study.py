@@ -232,7 +232,8 @@ def candidate_from(values: dict, config: StudyConfig) -> Candidate:
         distillation = Distillation(temperature=t, alpha=values.get("kd_alpha", Distillation.alpha),
                                     final_temperature=t / 2 if values.get("kd_decreasing") else None)
     train = config.train
-    train_over = {k: values[k] for k in ("lr", "weight_decay", "label_smoothing", "batch_size") if k in values}
+    train_over = {k: values[k] for k in ("lr", "weight_decay", "label_smoothing", "batch_size", "optimizer", "mixup",
+                                         "cutmix") if k in values}
     if "cutout" in values:
         train_over["augment"] = replace(train.augment, cutout=int(values["cutout"]))
     train = replace(train, **train_over)

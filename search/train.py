@@ -1,4 +1,5 @@
-"""The trainer: SGD (nesterov) with a one-cycle or cosine schedule, label smoothing, optional distillation.
+"""The trainer: SGD (nesterov) or AdamW with a one-cycle or cosine schedule, label smoothing, MixUp / CutMix,
+optional distillation.
 
 Data lives on the device as uint8 tensors; each step indexes a batch, augments it with tensor ops and normalizes it
 (see :mod:`search.data`). The step runs under bf16 autocast with channels_last tensors on CUDA and on CPUs that
@@ -18,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.data import Augmentation, Splits, normalize, steps_per_epoch, train_batches
+from search.data import Augmentation, Splits, mix_batch, normalize, steps_per_epoch, train_batches
 from search.errors import ConfigError, MicronetError
 
 SCHEDULES = ("onecycle", "cosine")
+OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 where the device computes it natively (see native_bf16)
 
 
@@ -46,6 +48,9 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on when training in bf16
     compile: bool = False              # torch.compile the training forward (pays off for long runs; see BENCHMARKS)
     precision: str = "auto"            # training autocast: auto (bf16 where native), bf16, fp32
+    optimizer: str = "sgd"             # sgd (momentum, nesterov) or adamw (decoupled weight decay; seed 003 used Adam)
+    mixup: float = 0.0                 # MixUp's Beta(α, α); 0 = off (seed 003: +1.7 points on DenseNets)
+    cutmix: float = 0.0                # CutMix's Beta(α, α); 0 = off. With both on, each batch uses one of the two
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
@@ -66,6 +71,12 @@ class TrainConfig:
                f"{self.precision!r}")
         _check(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+               f"{self.optimizer!r}")
+        for key in ("mixup", "cutmix"):
+            value = getattr(self, key)
+            _check(_number(value) and value >= 0, f"{key} must be a number >= 0 (the Beta distribution's alpha; "
+                   f"0 = off), got {value!r}")
 
     def lr_at(self, progress: float) -> float:
         """Learning rate at ``progress`` in [0, 1] of the whole run."""
@@ -199,10 +210,13 @@ class Trainer:
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on BN and biases
         cfg = self.config
-        self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr_at(self.step / self.total_steps), momentum=cfg.momentum, nesterov=cfg.nesterov and
-            cfg.momentum > 0)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        lr = cfg.lr_at(self.step / self.total_steps)
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        else:
+            self.optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum,
+                                             nesterov=cfg.nesterov and cfg.momentum > 0)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # compiled again after compression replaced the modules; the first steps of each phase pay the compile
@@ -233,6 +247,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             x = self._inputs(xb)
+            target = yb
+            if cfg.mixup or cfg.cutmix:
+                x, target = mix_batch(x, yb, self.data.num_classes, cfg.mixup, cfg.cutmix, self.generator)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
                 logits = self.forward(x)
@@ -240,10 +257,10 @@ class Trainer:
                     with torch.no_grad():
                         teacher_logits = self.teacher(x)
                     kd = self.distillation
-                    loss = distillation_loss(logits, teacher_logits, yb, kd.temperature_at(progress), kd.alpha,
+                    loss = distillation_loss(logits, teacher_logits, target, kd.temperature_at(progress), kd.alpha,
                                              cfg.label_smoothing)
                 else:
-                    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

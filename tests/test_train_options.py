@@ -1,0 +1,104 @@
+"""Training options of the design documents: MixUp, CutMix, colour jitter, AdamW. Each does what it says."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search.data import Augmentation, DataConfig, DataError, load_data, mix_batch
+from search.errors import ConfigError
+from search.models import build_model
+from search.study import StudyConfig, candidate_from
+from search.train import TrainConfig, Trainer
+
+
+def batch(n=8, h=16, w=16):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, h, w, generator=g), torch.arange(n) % 4
+
+
+def test_mixup_is_the_stated_convex_combination():
+    x, y = batch()
+    mixed, target = mix_batch(x, y, 4, mixup=0.4, cutmix=0.0, generator=torch.Generator().manual_seed(3))
+    # recover lam and the partner of each image from the targets, then check the images follow the same lam
+    onehot = F.one_hot(y, 4).float()
+    assert torch.allclose(target.sum(1), torch.ones(8))
+    lam = float(target[0, y[0]]) if float(target[0, y[0]]) >= 0.5 else 1 - float(target[0, y[0]])
+    for i in range(8):
+        partners = [j for j in range(8) if torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j], atol=1e-5)]
+        assert partners, i
+        j = partners[0]
+        assert torch.allclose(target[i], lam * onehot[i] + (1 - lam) * onehot[j], atol=1e-6)
+    assert not torch.allclose(mixed, x)  # something was mixed
+
+
+def test_cutmix_pastes_one_box_from_the_partner_and_labels_by_area():
+    x, _ = batch()
+    y = torch.arange(8)  # every image its own class: the target names the partner
+    for seed in range(6):
+        mixed, target = mix_batch(x, y, 8, mixup=0.0, cutmix=1.0, generator=torch.Generator().manual_seed(seed))
+        changed = (mixed != x).any(1)  # B×H×W: the pasted pixels (random images differ everywhere)
+        box = changed[0]
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        if len(rows):
+            # one rectangle, the same for the whole batch
+            inside = box[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            assert inside.all() and box.sum() == len(rows) * len(cols)
+        assert all(torch.equal(changed[i], box) for i in range(8) if target[i, i] < 1)
+        area = float(box.float().mean())
+        for i in range(8):
+            if target[i, i] == 1:
+                continue  # paired with itself: nothing changes
+            j = next(k for k in range(8) if k != i and target[i, k] > 0)  # the partner
+            assert float(target[i, i]) == pytest.approx(1 - area) and float(target[i, j]) == pytest.approx(area)
+            assert torch.equal(mixed[i][:, box], x[j][:, box]) and torch.equal(mixed[i][:, ~box], x[i][:, ~box])
+
+
+def test_cutmix_lam_is_the_uncut_share():
+    x = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    y = torch.tensor([0, 1])
+    for seed in range(10):
+        mixed, target = mix_batch(x, y, 2, mixup=0.0, cutmix=1.0, generator=torch.Generator().manual_seed(seed))
+        cut = (mixed[0] != x[0]).any(0).float().mean()  # images differ everywhere: every pasted pixel shows
+        assert float(target[0, 0]) == pytest.approx(1 - float(cut))
+
+
+def test_jitter_keeps_pixels_in_range_and_off_is_identity():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=g)
+    plain = Augmentation(crop_padding=0, flip=False)
+    assert torch.equal(plain(x, torch.Generator().manual_seed(1)), x)
+    out = Augmentation(crop_padding=0, flip=False, brightness=0.4, contrast=0.4)(x, torch.Generator().manual_seed(1))
+    assert out.dtype == torch.uint8 and out.shape == x.shape and not torch.equal(out, x)
+    bright = Augmentation(crop_padding=0, flip=False, brightness=0.4)(x, torch.Generator().manual_seed(2))
+    ratio = bright.float().mean((1, 2, 3)) / x.float().mean((1, 2, 3))
+    assert (ratio > 0.55).all() and (ratio < 1.45).all()  # a factor in [0.6, 1.4], less where 255 clips
+    with pytest.raises(DataError, match="brightness must be a number in"):
+        Augmentation(brightness=1.5)
+
+
+def test_adamw_and_mixing_train():
+    digits = load_data(DataConfig(name="digits", subset=600))
+    for cfg in (TrainConfig(epochs=4, batch_size=32, optimizer="adamw", lr=0.01),
+                TrainConfig(epochs=4, batch_size=32, lr=0.1, mixup=0.2, cutmix=1.0)):
+        torch.manual_seed(0)
+        trainer = Trainer(build_model("resnet20", width=0.25), digits, cfg)
+        reports = trainer.run()
+        assert isinstance(trainer.optimizer, torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.SGD)
+        # it learns: chance is 0.1 (measured: 0.47 with AdamW, 0.30 mixed, 0.55 plain SGD)
+        assert reports[-1].val_accuracy > 0.2 and reports[-1].train_loss < reports[0].train_loss - 0.3, reports
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
+    ({"mixup": -1}, "mixup must be a number >= 0"),
+    ({"cutmix": "yes"}, "cutmix must be a number >= 0"),
+])
+def test_options_are_checked(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig(**kwargs)
+
+
+def test_options_are_search_parameters():
+    c = candidate_from({"arch": "resnet20", "optimizer": "adamw", "mixup": 0.2, "cutmix": 1.0},
+                       StudyConfig(name="s"))
+    assert (c.train.optimizer, c.train.mixup, c.train.cutmix) == ("adamw", 0.2, 1.0)
