@@ -373,22 +373,29 @@ def _check_arrays(config, x_train, y_train, x_test, y_test):
 class Augmentation:
     """Random crop with ``crop_padding`` zero pixels, horizontal flip, optional cutout of a ``cutout``-pixel square,
     optional colour jitter (seed 004): brightness scaled by a factor in [1-b, 1+b], contrast (distance from the
-    image's mean grey) by one in [1-c, 1+c], drawn per image."""
+    image's mean grey) by one in [1-c, 1+c], drawn per image.
+
+    ``flip: alternate`` (airbench): each image is flipped at random in the first epoch and then in every other
+    epoch exactly when it was not in the one before, so two consecutive epochs see both views of every image; the
+    trainer hands the per-image flips in (``flips``)."""
 
     crop_padding: int = 4
-    flip: bool = True
+    flip: bool | str = True
     cutout: int = 0
     brightness: float = 0.0
     contrast: float = 0.0
 
     def __post_init__(self):
+        if self.flip not in (True, False, "alternate"):
+            raise DataError(f"augment flip must be true, false or alternate, got {self.flip!r}")
         for key in ("brightness", "contrast"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise DataError(f"augment {key} must be a number in [0, 1) (0 = off), got {value!r}")
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augment a uint8 batch B×C×H×W; one random draw per image, all in batched tensor ops."""
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment a uint8 batch B×C×H×W; one random draw per image, all in batched tensor ops. ``flips``: which
+        images to flip (``flip: alternate``; without it those flips are drawn at random)."""
         n, _, h, w = x.shape
         dev = x.device
         if self.crop_padding:
@@ -400,7 +407,7 @@ class Augmentation:
             cols = dx + torch.arange(w, device=dev).view(1, 1, 1, w)
             x = _crop(padded, rows, cols)
         if self.flip:
-            flip = torch.rand(n, device=dev, generator=generator) < 0.5
+            flip = flips if flips is not None else torch.rand(n, device=dev, generator=generator) < 0.5
             x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
         if self.cutout:
             cy = torch.randint(0, h, (n, 1, 1), device=dev, generator=generator)
@@ -482,8 +489,9 @@ def normalize(x: torch.Tensor, mean, std, dtype=torch.float32, channels_last: bo
 
 
 def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                  augment: Augmentation | None, drop_last: bool = True):
-    """One epoch of shuffled, augmented uint8 batches from tensors that already live on the device."""
+                  augment: Augmentation | None, drop_last: bool = True, flips: torch.Tensor | None = None):
+    """One epoch of shuffled, augmented uint8 batches from tensors that already live on the device. ``flips``: a
+    bool per training image, which ones to flip this epoch (``flip: alternate``)."""
     n = len(y)
     order = torch.randperm(n, device=x.device, generator=generator)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
@@ -491,7 +499,7 @@ def train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: 
         idx = order[start:start + batch_size]
         xb = x[idx]
         if augment is not None:
-            xb = augment(xb, generator)
+            xb = augment(xb, generator, None if flips is None else flips[idx])
         yield xb, y[idx]
 
 

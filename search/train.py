@@ -241,7 +241,7 @@ class Trainer:
         n_seen = 0
         start = time.perf_counter()
         for xb, yb in train_batches(self.data.x_train, self.data.y_train, cfg.batch_size, self.generator,
-                                    cfg.augment):
+                                    cfg.augment, flips=self._flips()):
             progress = self.step / self.total_steps
             lr = cfg.lr_at(progress)
             for group in self.optimizer.param_groups:
@@ -281,6 +281,17 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(report)
         return report
+
+    def _flips(self) -> torch.Tensor | None:
+        """``flip: alternate``: this epoch's flips, one per training image: a seeded random half in even epochs,
+        the other half in odd ones. Drawn from a generator of their own (the seed and nothing else), so they are
+        the same after a resume and do not shift the other random draws."""
+        if self.config.augment.flip != "alternate":
+            return None
+        if getattr(self, "_flip_base", None) is None:
+            g = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
+            self._flip_base = torch.rand(len(self.data.y_train), device=self.device, generator=g) < 0.5
+        return self._flip_base ^ bool(self.epoch % 2)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return evaluate(self.model, x, y, self.data.mean, self.data.std, self.config.eval_batch_size)

@@ -102,3 +102,39 @@ def test_options_are_search_parameters():
     c = candidate_from({"arch": "resnet20", "optimizer": "adamw", "mixup": 0.2, "cutmix": 1.0},
                        StudyConfig(name="s"))
     assert (c.train.optimizer, c.train.mixup, c.train.cutmix) == ("adamw", 0.2, 1.0)
+
+
+def test_alternating_flips_show_both_views_of_every_image_in_two_epochs():
+    digits = load_data(DataConfig(name="digits", subset=200))
+    n = len(digits.y_train)  # one batch per epoch: every image is seen
+    cfg = TrainConfig(epochs=3, batch_size=n, augment=Augmentation(crop_padding=0, flip="alternate"))
+    trainer = Trainer(build_model("resnet20", width=0.25), digits, cfg)
+    first = trainer._flips()
+    assert 0.35 < first.float().mean() < 0.65  # a random half of the images
+    handed = []
+    original = Augmentation.__call__
+
+    def spy(self, x, generator, flips=None):
+        handed.append(flips.clone())
+        return original(self, x, generator, flips)
+
+    Augmentation.__call__ = spy
+    try:
+        trainer.run(1)
+        assert torch.equal(trainer._flips(), ~first)  # epoch 2 flips exactly the images epoch 1 did not
+        epoch_one = torch.cat(handed)
+        handed.clear()
+        trainer.run(1)
+        assert torch.equal(trainer._flips(), first)   # and epoch 3 like epoch 1
+        epoch_two = torch.cat(handed)
+    finally:
+        Augmentation.__call__ = original
+    # what reached the augmentation is those masks
+    assert int(epoch_one.sum()) == int(first.sum()) and int(epoch_two.sum()) == int((~first).sum())
+    # the flipped images are the mirror images where the mask says so
+    x = digits.x_train[:4]
+    mask = torch.tensor([True, False, True, False])
+    out = Augmentation(crop_padding=0, flip="alternate")(x, torch.Generator().manual_seed(0), mask)
+    assert torch.equal(out[mask], x[mask].flip(3)) and torch.equal(out[~mask], x[~mask])
+    with pytest.raises(DataError, match="flip must be true, false or alternate"):
+        Augmentation(flip="sometimes")
