@@ -177,11 +177,15 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
         trainer.run(max(0, candidate.dense_epochs - trainer.epoch))
     if candidate.dense_epochs < candidate.train.epochs:
         if phase == "dense":
+            trainer.adopt_average()  # with ema, the averaged dense weights are the ones compressed
             trainer.model = model = compress(model, candidate.compression)
             trainer.reset_optimizer()
             phase = "compressed"
         trainer.run()
+        trainer.adopt_average()
         steps.finish(model, candidate.compression)
+    else:
+        trainer.adopt_average()  # the model kept is the average
     if known is not None:
         compressed = Complexity(known.compressed.params, count_nonzero_params(model), known.compressed.macs)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from search.data import Augmentation, Splits, mix_batch, normalize, steps_per_epoch, train_batches
 from search.errors import ConfigError, MicronetError
@@ -51,6 +52,8 @@ class TrainConfig:
     optimizer: str = "sgd"             # sgd (momentum, nesterov) or adamw (decoupled weight decay; seed 003 used Adam)
     mixup: float = 0.0                 # MixUp's Beta(α, α); 0 = off (seed 003: +1.7 points on DenseNets)
     cutmix: float = 0.0                # CutMix's Beta(α, α); 0 = off. With both on, each batch uses one of the two
+    ema: float = 0.0                   # decay of an exponential moving average of the weights per step; 0 = off.
+    #                                    The average is what is evaluated, compressed and kept at the end.
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
@@ -73,6 +76,7 @@ class TrainConfig:
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                f"{self.optimizer!r}")
+        _check(_number(self.ema) and 0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0 = off), got {self.ema!r}")
         for key in ("mixup", "cutmix"):
             value = getattr(self, key)
             _check(_number(value) and value >= 0, f"{key} must be a number >= 0 (the Beta distribution's alpha; "
@@ -221,6 +225,23 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         # compiled again after compression replaced the modules; the first steps of each phase pay the compile
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        # torch's AveragedModel keeps the average (BatchNorm statistics too); a new phase starts a new average
+        self.ema = None
+        if cfg.ema:
+            from search.compress.pruning import copyable
+
+            with copyable(self.model):
+                self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated: the moving average when ``ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def adopt_average(self) -> None:
+        """Put the moving average into the trained model (before compression, and at the end of training)."""
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
 
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
         return normalize(xb, self.data.mean, self.data.std, channels_last=self.channels_last)
@@ -264,6 +285,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             loss_sum += loss.detach() * len(yb)  # summed on the device: no sync per step
             n_seen += len(yb)
             self.step += 1
@@ -294,7 +317,7 @@ class Trainer:
         return self._flip_base ^ bool(self.epoch % 2)
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return evaluate(self.model, x, y, self.data.mean, self.data.std, self.config.eval_batch_size)
+        return evaluate(self.eval_model, x, y, self.data.mean, self.data.std, self.config.eval_batch_size)
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run bit for bit: weights, optimizer, schedule position, RNG."""
@@ -302,6 +325,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
             "epoch": self.epoch, "train_seconds": self.train_seconds, "images_seen": self.images_seen,
             "history": [asdict(r) for r in self.history], "generator": self.generator.get_state(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -312,6 +336,8 @@ class Trainer:
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
         self.history = [EpochReport(**r) for r in state["history"]]
         self.generator.set_state(state["generator"].cpu())
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
     @property
     def images_per_s(self) -> float:

@@ -25,10 +25,11 @@ def roundtrip(state: dict) -> dict:
     return torch.load(buffer, map_location="cpu", weights_only=True)
 
 
-@pytest.mark.parametrize("resume_at", [1, 2, 3])  # dense phase, at the compression boundary, compressed phase
-def test_resume_matches_an_uninterrupted_run(synthetic, resume_at):
+# dense phase, at the compression boundary, compressed phase; and with a moving average of the weights
+@pytest.mark.parametrize("resume_at, ema", [(1, 0.0), (2, 0.0), (3, 0.0), (2, 0.9), (3, 0.9)])
+def test_resume_matches_an_uninterrupted_run(synthetic, resume_at, ema):
     cand = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, pu=0.2, qw=8, qa=8),
-                     compress_at=0.5, train=TrainConfig(epochs=4, batch_size=32, lr=0.05))
+                     compress_at=0.5, train=TrainConfig(epochs=4, batch_size=32, lr=0.05, ema=ema))
     states = {}
     full = run_candidate(cand, synthetic, on_state=lambda epoch, get: states.__setitem__(epoch, roundtrip(get())))
     assert sorted(states) == [1, 2, 3, 4]

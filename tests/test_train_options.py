@@ -138,3 +138,43 @@ def test_alternating_flips_show_both_views_of_every_image_in_two_epochs():
     assert torch.equal(out[mask], x[mask].flip(3)) and torch.equal(out[~mask], x[~mask])
     with pytest.raises(DataError, match="flip must be true, false or alternate"):
         Augmentation(flip="sometimes")
+
+
+def test_ema_is_the_closed_form_average_and_is_what_is_evaluated_and_kept():
+    from torch import nn
+
+    from search.candidate import Candidate, run_candidate
+    from search.compress.compression import Compression
+
+    # the closed form on a toy model: W_ema after k steps = d^k W_0 + sum_i (1-d) d^(k-i) W_i
+    digits = load_data(DataConfig(name="digits", subset=120))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    trainer = Trainer(model, digits, TrainConfig(epochs=1, batch_size=20, ema=0.8, optimizer="sgd", lr=0.01))
+    snapshots = [model[1].weight.detach().clone()]
+    original_step = trainer.optimizer.step
+
+    def step(*a, **k):
+        original_step(*a, **k)
+        snapshots.append(model[1].weight.detach().clone())
+
+    trainer.optimizer.step = step
+    trainer.run()
+    d, k = 0.8, len(snapshots) - 1
+    closed = d ** k * snapshots[0] + sum((1 - d) * d ** (k - i) * snapshots[i] for i in range(1, k + 1))
+    assert k >= 4 and torch.allclose(trainer.ema.module[1].weight, closed, atol=1e-6)
+    assert not torch.allclose(model[1].weight, closed, atol=1e-4)  # the raw weights are elsewhere
+    trainer.adopt_average()
+    assert torch.equal(model[1].weight, trainer.ema.module[1].weight)
+
+    # a compressed candidate: the reported accuracies are the average's, and the model kept is the average
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.1, ema=0.9)
+    cand = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, pu=0.2, qw=8, qa=8), train=cfg)
+    torch.manual_seed(0)
+    result = run_candidate(cand, digits)
+    from search.train import evaluate
+
+    kept = evaluate(result.model, digits.x_val, digits.y_val, digits.mean, digits.std)
+    assert kept == pytest.approx(result.history[-1].val_accuracy)
+    assert result.val_accuracy == pytest.approx(kept)
+    with pytest.raises(ConfigError, match="ema must be a decay in"):
+        TrainConfig(ema=1.0)

@@ -268,6 +268,21 @@ def _has_masks(model: nn.Module) -> bool:
     return any(_masked_names(m) for m in model.modules())
 
 
+@contextmanager
+def copyable(model: nn.Module):
+    """``copy.deepcopy(model)`` inside works with pruning masks: the masked ``weight`` (``weight_orig · mask``,
+    recomputed by each forward's pre-hook) is not a leaf tensor and cannot be deep-copied, so it is set aside
+    meanwhile; a copy gets its own at its first forward."""
+    saved = [(m, name, getattr(m, name)) for m in model.modules() for name in _masked_names(m)]
+    for m, name, _ in saved:
+        delattr(m, name)
+    try:
+        yield model
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
+
+
 def make_permanent(model: nn.Module) -> None:
     """Bake every pruning mask into its weight (``prune.remove``); the zeros stay, the masks and hooks go."""
     for module in model.modules():
