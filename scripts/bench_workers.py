@@ -53,7 +53,7 @@ artifacts: {tmp / 'artifacts'}
 data: {{name: synthetic, synthetic_size: 64}}
 sampler: {{name: {sampler}, seed: 0, n_startup_trials: 8}}
 train: {{epochs: 1, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 heartbeat: {{interval: 10, grace_period: 30}}
 n_trials: {n_trials}
 """)

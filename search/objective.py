@@ -22,8 +22,8 @@ from search.checkpoint import save_candidate_checkpoint
 from search.data import Splits
 from search.errors import ConfigError
 from search.locks import study_lock
-from search.pruner import EarlyStopper, Finished
 from search.record import TrialRecord
+from search.stopping import EarlyStopper, Finished
 from search.study import LoadedStudy, candidate_from
 from search.train import EpochReport, NonFiniteLossError
 
@@ -267,13 +267,13 @@ class Objective:
                 f"{report.epochs}), over max_trial_seconds {cap:g}")
 
     def _dominated_before_training(self, trial, score: float) -> str | None:
-        pruner = self.config.pruner
-        if not pruner.skip_dominated:
+        stopper = self.config.stopper
+        if not stopper.skip_dominated:
             return None
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.values[1] <= score and t.values[0] >= pruner.skip_accuracy:
+            if t.values[1] <= score and t.values[0] >= stopper.skip_accuracy:
                 return (f"cannot enter the front: trial {t.number} has score {t.values[1]:.4g} <= {score:.4g} "
-                        f"and accuracy {t.values[0]:.4f} >= {pruner.skip_accuracy:g}")
+                        f"and accuracy {t.values[0]:.4f} >= {stopper.skip_accuracy:g}")
         return None
 
     def _save_checkpoint(self, trial, candidate: Candidate, result) -> None:
@@ -311,7 +311,7 @@ def _duplicate_of(trial) -> str | None:
 
 class _Lazy(Sequence):
     """The finished trials, read from the storage only if the stopper looks at them (not before its warm-up, never
-    with the pruner off): one query per epoch saved."""
+    with the stopper off): one query per epoch saved."""
 
     def __init__(self, load):
         self._load, self._items = load, None

@@ -91,7 +91,7 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
         teacher = get_shared_teacher(cfg.teacher, cfg.data, data, study, store, lock, on_epoch=on_teacher_epoch,
                                      on_event=say)
     claim = study_lock(loaded.storage_url, f"{cfg.name}:claim")
-    objective = Objective(loaded, data, teacher, store, cfg.pruner.build(cfg.accuracy_floor), on_epoch=on_epoch,
+    objective = Objective(loaded, data, teacher, store, cfg.stopper.build(cfg.accuracy_floor), on_epoch=on_epoch,
                           on_start=claim.release, worker=worker_name())
     callbacks = [] if on_trial is None else [lambda study, trial: on_trial(study, trial)]
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout

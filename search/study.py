@@ -7,6 +7,7 @@ its score before training, trains it with Pareto-aware early stopping, and store
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,10 +19,10 @@ from search.compress.compression import Compression
 from search.config import from_mapping, load_yaml, to_mapping
 from search.data import DataConfig
 from search.errors import ConfigError
-from search.pruner import EarlyStopper, make_stopper
 from search.samplers import ParetoTPESampler, TrialSeededSampler
 from search.score import ScoreReference
 from search.space import CHECKS, PARAMS, Space, load_space
+from search.stopping import EarlyStopper, make_stopper
 from search.storage import StorageError, mask, open_storage, resolve_storage
 from search.teacher import TeacherSpec
 from search.train import Distillation, TrainConfig
@@ -58,7 +59,7 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
-class PrunerConfig:
+class StopperConfig:
     name: str = "pareto"           # pareto, moasha or none
     warmup_epochs: int = 2         # pareto
     min_trials: int = 4            # pareto: finished rivals needed; moasha: trials at a rung needed
@@ -108,7 +109,7 @@ class StudyConfig:
     storage: str | None = None           # default sqlite:///studies/<name>.db; --storage and MICRONET_STORAGE win
     data: DataConfig = field(default_factory=DataConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    stopper: StopperConfig = field(default_factory=StopperConfig)  # early stopping ("pruner:" in old files)
     accuracy_floor: float | None = None  # a constraint: trials below it are infeasible and off the front
     train: TrainConfig = field(default_factory=TrainConfig)
     compress_at: float = 0.5
@@ -180,6 +181,13 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
     raw = load_yaml(path)
     if "name" not in raw:
         raise ConfigError(f"{path}: missing key 'name' (the study name)")
+    if "pruner" in raw:
+        # renamed: "pruning" is the compression (ps, pu); early stopping is the stopper
+        if "stopper" in raw:
+            raise ConfigError(f"{path}: both 'pruner' and 'stopper'; 'pruner' is the old name of 'stopper', keep one")
+        raw = {("stopper" if k == "pruner" else k): v for k, v in raw.items()}
+        print(f"micronet-search: {path}: 'pruner:' is now called 'stopper:' (early stopping); read as 'stopper:', "
+              f"rename it to silence this line", file=sys.stderr)
     config = from_mapping(StudyConfig, raw, str(path))
     overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
     if data_path is not None:

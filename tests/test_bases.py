@@ -178,7 +178,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 300}}
 sampler: {{name: random, seed: 3}}
 train: {{epochs: 4, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 teacher: {{arch: resnet20, width: 0.25, epochs: 1}}
 reuse_bases: true
 n_trials: 3
@@ -219,7 +219,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: 2048}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: 6, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 heartbeat: {{interval: 1, grace_period: 30}}
 reuse_bases: true
 n_trials: 4

@@ -77,9 +77,9 @@ def test_every_arm_writes_a_valid_study_file(tmp_path):
                     "nsga2-moasha": "nsga2", "gp-moasha": "gp"}[arm.name]
         assert cfg.sampler.name == expected
         if arm.name == "random":  # the baseline: no stopping, no reuse
-            assert cfg.pruner.name == "none" and not cfg.pruner.skip_dominated and not cfg.reuse_bases
+            assert cfg.stopper.name == "none" and not cfg.stopper.skip_dominated and not cfg.reuse_bases
         elif arm.name != "tpe-pareto":
-            assert cfg.pruner.name == "moasha" and cfg.reuse_bases
+            assert cfg.stopper.name == "moasha" and cfg.reuse_bases
 
 
 def test_arms_must_start_with_the_baseline(tmp_path):

@@ -26,7 +26,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 300}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: 3, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: {n_trials}
 {extra}
 enqueue:
@@ -88,13 +88,13 @@ class StopAt:
 
 
 def test_no_stopper_throws_away_a_trial_that_trained_to_its_last_epoch(tmp_path, monkeypatch):
-    from search.study import PrunerConfig
+    from search.study import StopperConfig
 
     # MO-ASHA may put a rung on the last epoch (min_epochs 2, reduction_factor 2, 4 epochs): stopping there saves
     # nothing and would lose a finished candidate that is not dominated
-    monkeypatch.setattr(PrunerConfig, "build", lambda self, floor: StopAt(3))
+    monkeypatch.setattr(StopperConfig, "build", lambda self, floor: StopAt(3))
     study = run_study(load_study_file(write_study(tmp_path, n_trials=1, enqueue="  - {width: 0.25, ps: 0.2}")))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
-    monkeypatch.setattr(PrunerConfig, "build", lambda self, floor: StopAt(2))
+    monkeypatch.setattr(StopperConfig, "build", lambda self, floor: StopAt(2))
     study = run_study(load_study_file(write_study(tmp_path, n_trials=2, enqueue="  - {width: 0.25, ps: 0.3}")))
     assert study.trials[1].state == TrialState.PRUNED and list(study.trials[1].intermediate_values) == [1, 2]

@@ -48,7 +48,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 400}}
 sampler: {{name: random, seed: 3}}
 train: {{epochs: 2, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: {n_trials}
 """)
     threads = torch.get_num_threads()

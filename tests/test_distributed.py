@@ -44,7 +44,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: {size}}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: {epochs}, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 teacher: {{arch: resnet20, width: 0.25, epochs: 1}}
 heartbeat: {heartbeat}
 checkpoint_min_seconds: 0

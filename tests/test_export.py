@@ -79,7 +79,7 @@ artifacts: {tmp / 'artifacts'}
 data: {{name: digits, subset: 400}}
 sampler: {{name: random, seed: 3}}
 train: {{epochs: 3, batch_size: 8, lr: 0.1}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: 3
 {ENQUEUE}""")
     study = run_study(load_study_file(path))
@@ -139,7 +139,7 @@ artifacts: {tmp / 'artifacts'}
 data: {{name: digits, subset: 400}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: 6, batch_size: 8}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: 3
 {QUICKSTART_ENQUEUE}""")
     study = run_study(load_study_file(path))

@@ -99,7 +99,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: folder, path: imgs, val_fraction: 0.25}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: 2, batch_size: 8}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: 2
 """)
     study = run_study(load_study_file(tmp_path / "s.yaml"))  # imgs/ found next to the study file

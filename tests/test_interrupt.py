@@ -31,7 +31,7 @@ storage: {storage}
 artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: 256}}
 train: {{epochs: 30, batch_size: 32}}
-pruner: {{name: none}}
+stopper: {{name: none}}
 n_trials: 2
 """)
     env = {k: v for k, v in os.environ.items() if k != "MICRONET_STORAGE"}
@@ -83,7 +83,7 @@ storage: sqlite:///{tmp_path / 'ask.db'}
 artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 200}}
 train: {{epochs: 1, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: 3
 """)
     loaded = load_study_file(path)

@@ -250,7 +250,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: {size}}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: {epochs}, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 heartbeat: {{interval: 1, grace_period: 3}}
 checkpoint_min_seconds: 0
 n_trials: {n_trials}

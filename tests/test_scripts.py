@@ -62,7 +62,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: 128}}
 sampler: {{name: random, seed: 1}}
 train: {{epochs: {epochs}, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 heartbeat: {{interval: 1, grace_period: 3}}
 checkpoint_min_seconds: 0
 n_trials: {n_trials}

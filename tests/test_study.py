@@ -35,7 +35,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 400}}
 sampler: {{name: random, seed: 3}}
 train: {{epochs: 2, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: {n_trials}
 {extra}""")
     return path
@@ -125,8 +125,8 @@ def test_accuracy_floor_is_a_constraint(tmp_path):
 
 def test_early_stopping_prunes_with_a_reason(tmp_path):
     path = write_study(tmp_path, n_trials=6, extra="", space=SPACE.replace("[1, 2, 3]", "[1]"))
-    text = path.read_text().replace("pruner: {name: none, skip_dominated: false}",
-                                    "pruner: {name: pareto, warmup_epochs: 1, min_trials: 1, percentile: 100}")
+    text = path.read_text().replace("stopper: {name: none, skip_dominated: false}",
+                                    "stopper: {name: pareto, warmup_epochs: 1, min_trials: 1, percentile: 100}")
     # 3 epochs: a stopper decides after epochs 1 and 2 (after the last one stopping would save nothing)
     path.write_text(text.replace("train: {epochs: 2,", "train: {epochs: 3,"))
     study = run_study(load_study_file(path))

@@ -84,7 +84,7 @@ artifacts: {tmp_path / 'artifacts'}
 data: {{name: synthetic, synthetic_size: 64}}
 sampler: {{name: random, seed: 0}}
 train: {{epochs: 1, batch_size: 32}}
-pruner: {{name: none}}
+stopper: {{name: none}}
 checkpoint_every: 0
 n_trials: 6
 """)

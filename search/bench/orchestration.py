@@ -42,7 +42,7 @@ artifacts: {tmp / 'artifacts'}
 data: {data}
 sampler: {{name: tpe, seed: 0, n_startup_trials: 2}}
 train: {{epochs: {epochs}, batch_size: 32}}
-pruner: {{name: none, skip_dominated: false}}
+stopper: {{name: none, skip_dominated: false}}
 n_trials: {n_trials}
 """)
     return path

@@ -47,10 +47,10 @@ class Arm:
 
 ARMS = (
     Arm("random", "random sampling, no early stopping, no reuse (baseline)",
-        {"sampler": {"name": "random"}, "pruner": {"name": "none", "skip_dominated": False}, "reuse_bases": False}),
+        {"sampler": {"name": "random"}, "stopper": {"name": "none", "skip_dominated": False}, "reuse_bases": False}),
     Arm("tpe-pareto", "TPE + the Pareto stopper as shipped before (warmup 2, min_trials 4, percentile 50)",
         {"sampler": {"name": "tpe", "n_startup_trials": 10},
-         "pruner": {"name": "pareto", "warmup_epochs": 2, "min_trials": 4, "percentile": 50},
+         "stopper": {"name": "pareto", "warmup_epochs": 2, "min_trials": 4, "percentile": 50},
          "reuse_bases": False}),
     Arm("new-default", "the study file as shipped (studies/cifar10-dev.yaml)", {}),
 )
@@ -90,7 +90,7 @@ def study_file(plan: Plan, arm: Arm, seed: int, work: Path, data_path: str | Non
     base = Path(plan.study).resolve().parent
     raw["space"] = str(_resolve(raw["space"], base))
     for key, value in arm.overrides.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "pruner" else value
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "stopper" else value
     if plan.quick_data is not None:
         raw["data"] = plan.quick_data
         raw["train"] = {**raw.get("train", {}), **plan.quick_train}

@@ -77,12 +77,12 @@ class ParetoStopper(EarlyStopper):
 
     def __post_init__(self):
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 1:
-            raise ConfigError(f"pruner warmup_epochs must be an integer >= 1, got {self.warmup_epochs!r}")
+            raise ConfigError(f"stopper warmup_epochs must be an integer >= 1, got {self.warmup_epochs!r}")
         if not isinstance(self.min_trials, int) or self.min_trials < 1:
-            raise ConfigError(f"pruner min_trials must be an integer >= 1, got {self.min_trials!r}")
+            raise ConfigError(f"stopper min_trials must be an integer >= 1, got {self.min_trials!r}")
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
                 or not 0 <= self.percentile <= 100:
-            raise ConfigError(f"pruner percentile must be in [0, 100], got {self.percentile!r}")
+            raise ConfigError(f"stopper percentile must be in [0, 100], got {self.percentile!r}")
 
     def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
         if epoch < self.warmup_epochs:
@@ -184,7 +184,7 @@ def _crowding(front: list[int], points) -> dict[int, float]:
 def make_stopper(name: str, **options) -> EarlyStopper:
     if name in ("none", "off"):
         if options:
-            raise ConfigError(f"pruner 'none' takes no options, got {', '.join(options)}")
+            raise ConfigError(f"stopper 'none' takes no options, got {', '.join(options)}")
         return NoStopper()
     if name == "pareto":
         try:
@@ -192,12 +192,12 @@ def make_stopper(name: str, **options) -> EarlyStopper:
         except TypeError:
             known = "warmup_epochs, min_trials, percentile"
             bad = sorted(set(options) - set(known.split(", ")))
-            raise ConfigError(f"unknown pruner option {bad[0]!r}; the pareto pruner takes {known}") from None
+            raise ConfigError(f"unknown stopper option {bad[0]!r}; the pareto stopper takes {known}") from None
     if name == "moasha":
         options.pop("accuracy_floor", None)  # rungs rank by both objectives; the floor stays a constraint
         known = "min_epochs, reduction_factor, min_trials"
         bad = sorted(set(options) - set(known.split(", ")))
         if bad:
-            raise ConfigError(f"unknown pruner option {bad[0]!r}; the moasha pruner takes {known}")
+            raise ConfigError(f"unknown stopper option {bad[0]!r}; the moasha stopper takes {known}")
         return MOASHAStopper(**options)
-    raise ConfigError(f"unknown pruner {name!r}; use pareto, moasha or none")
+    raise ConfigError(f"unknown stopper {name!r}; use pareto, moasha or none")

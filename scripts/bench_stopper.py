@@ -1,11 +1,11 @@
 """Pareto-aware early stopping: the same study budget with and without it, epochs trained and final hypervolume.
 
 Both arms run the same study file with a seeded random sampler, so they sample the same candidates in the same
-order; the only difference is the pruner (early stopping + skipping candidates that cannot enter the front).
+order; the only difference is the stopper (early stopping + skipping candidates that cannot enter the front).
 Hypervolume is over the feasible completed trials (accuracy >= the floor), from the reference corner
 (accuracy = floor, score = 1.1 × the largest score seen in either arm).
 
-    python scripts/bench_pruner.py [--study studies/quickstart.yaml] [--n-trials 24] [--seed 1]
+    python scripts/bench_stopper.py [--study studies/quickstart.yaml] [--n-trials 24] [--seed 1]
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from rich.table import Table
 
 from search.front import hypervolume
 from search.runner import run_study
-from search.study import PrunerConfig, SamplerConfig, load_study_file
+from search.study import SamplerConfig, StopperConfig, load_study_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_arm(study_file: str, n_trials: int, seed: int, pruner: PrunerConfig, tmp: Path, name: str) -> dict:
+def run_arm(study_file: str, n_trials: int, seed: int, stopper: StopperConfig, tmp: Path, name: str) -> dict:
     loaded = load_study_file(study_file, storage=f"sqlite:///{tmp / name}.db", n_trials=n_trials)
-    cfg = replace(loaded.config, name=name, sampler=SamplerConfig(name="random", seed=seed), pruner=pruner,
+    cfg = replace(loaded.config, name=name, sampler=SamplerConfig(name="random", seed=seed), stopper=stopper,
                   artifacts=str(tmp / f"{name}-artifacts"), timeout=None)
     loaded = replace(loaded, config=cfg)
     start = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> None:
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    base = load_study_file(args.study).config.pruner
+    base = load_study_file(args.study).config.stopper
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         off = run_arm(args.study, args.n_trials, args.seed, replace(base, name="none", skip_dominated=False), tmp,
@@ -77,13 +77,13 @@ def main() -> None:
 
     epochs_saved = 1 - on["epochs"] / off["epochs"] if off["epochs"] else 0.0
     hv_loss = 1 - hv["on"] / hv["off"] if hv["off"] else 0.0
-    table = Table(title=f"pruner benchmark: {Path(args.study).name}, {args.n_trials} trials, random sampler "
+    table = Table(title=f"stopper benchmark: {Path(args.study).name}, {args.n_trials} trials, random sampler "
                         f"seed {args.seed}")
     for col in ("arm", "epochs trained", "complete", "pruned", "wall s", "hypervolume"):
         table.add_column(col, justify="right" if col != "arm" else "left")
-    table.add_row("without pruner", str(off["epochs"]), str(off["complete"]), str(off["pruned"]),
+    table.add_row("without stopper", str(off["epochs"]), str(off["complete"]), str(off["pruned"]),
                   f"{off['wall_s']:.0f}", f"{hv['off']:.5f}")
-    table.add_row("Pareto pruner", str(on["epochs"]), str(on["complete"]), str(on["pruned"]),
+    table.add_row("Pareto stopper", str(on["epochs"]), str(on["complete"]), str(on["pruned"]),
                   f"{on['wall_s']:.0f}", f"{hv['on']:.5f}")
     Console().print(table)
     verdict = "met" if epochs_saved >= 0.5 and hv_loss <= 0.02 else "not met"
@@ -92,20 +92,20 @@ def main() -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "cpu")
-    command = "python scripts/bench_pruner.py " + " ".join(sys.argv[1:])
+    command = "python scripts/bench_stopper.py " + " ".join(sys.argv[1:])
     lines = [
         f"\n## Pareto-aware early stopping ({datetime.date.today().isoformat()})\n",
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, optuna {optuna.__version__}. "
         f"Command: `{command.strip()}`. Study {Path(args.study).name}, {args.n_trials} trials, the same candidates "
-        f"in both arms (random sampler, seed {args.seed}); pruner: warmup_epochs {base.warmup_epochs}, "
+        f"in both arms (random sampler, seed {args.seed}); stopper: warmup_epochs {base.warmup_epochs}, "
         f"min_trials {base.min_trials}, percentile {base.percentile:g}, skip_dominated (skip_accuracy "
         f"{base.skip_accuracy:g}); hypervolume over feasible trials, reference corner "
         f"(accuracy {floor:g}, score {ref:.4g}).\n",
         "| arm | epochs trained | complete | pruned | wall s | hypervolume |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| without pruner | {off['epochs']} | {off['complete']} | {off['pruned']} | {off['wall_s']:.0f} | "
+        f"| without stopper | {off['epochs']} | {off['complete']} | {off['pruned']} | {off['wall_s']:.0f} | "
         f"{hv['off']:.5f} |",
-        f"| Pareto pruner | {on['epochs']} | {on['complete']} | {on['pruned']} | {on['wall_s']:.0f} | "
+        f"| Pareto stopper | {on['epochs']} | {on['complete']} | {on['pruned']} | {on['wall_s']:.0f} | "
         f"{hv['on']:.5f} |",
         f"\nEpochs saved: **{epochs_saved:.1%}** (target ≥ 50 %); hypervolume loss: **{hv_loss:.2%}** "
         f"(target ≤ 2 %): {verdict}.\n",

@@ -1,7 +1,7 @@
 import pytest
 
 from search.errors import ConfigError
-from search.pruner import Finished, NoStopper, ParetoStopper, make_stopper
+from search.stopping import Finished, NoStopper, ParetoStopper, make_stopper
 
 
 def curve(*accs):
@@ -66,7 +66,7 @@ def test_no_stopper_and_factory():
     assert NoStopper().should_stop(10, 0.0, 9.0, FINISHED) is None
     assert isinstance(make_stopper("none"), NoStopper)
     assert make_stopper("pareto", percentile=25).percentile == 25
-    with pytest.raises(ConfigError, match="unknown pruner 'median'"):
+    with pytest.raises(ConfigError, match="unknown stopper 'median'"):
         make_stopper("median")
     with pytest.raises(ConfigError, match="percentile"):
         ParetoStopper(percentile=120)
@@ -74,7 +74,7 @@ def test_no_stopper_and_factory():
 
 # --- MO-ASHA: successive halving ranked by non-dominated sorting ---
 
-from search.pruner import MOASHAStopper, rank_order  # noqa: E402
+from search.stopping import MOASHAStopper, rank_order  # noqa: E402
 
 
 def test_moasha_rungs():
@@ -115,7 +115,7 @@ def test_moasha_decides_only_at_rungs_and_with_enough_trials():
 @pytest.mark.parametrize("options, fragment", [
     ({"reduction_factor": 1}, "reduction_factor must be a number > 1"),
     ({"min_epochs": 0}, "min_epochs must be an integer >= 1"),
-    ({"percentile": 50}, "unknown pruner option 'percentile'; the moasha pruner takes"),
+    ({"percentile": 50}, "unknown stopper option 'percentile'; the moasha stopper takes"),
 ])
 def test_moasha_options_are_checked(options, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -154,8 +154,8 @@ def test_moasha_is_chosen_in_the_study_file(tmp_path):
     (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
     study = tmp_path / "s.yaml"
     study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\n"
-                     "pruner: {name: moasha, min_epochs: 2, reduction_factor: 2, min_trials: 5}\n")
-    stopper = load_study_file(study).config.pruner.build(0.8)
+                     "stopper: {name: moasha, min_epochs: 2, reduction_factor: 2, min_trials: 5}\n")
+    stopper = load_study_file(study).config.stopper.build(0.8)
     assert stopper == MOASHAStopper(min_epochs=2, reduction_factor=2, min_trials=5)
     study.write_text(study.read_text().replace("reduction_factor: 2", "reduction_factor: 0.5"))
     with pytest.raises(ConfigError, match="reduction_factor must be a number > 1, got 0.5"):
@@ -177,3 +177,17 @@ def test_rivals_compressed_at_another_epoch_are_compared_like_with_like():
     moasha = MOASHAStopper(min_epochs=3, reduction_factor=2, min_trials=3)
     assert moasha.should_stop(3, 0.45, 0.2, late, dense_epochs=2) is None  # rank 1 of 5 against the dips
     assert moasha.should_stop(3, 0.45, 0.2, late) is not None             # last of 5 against dense epoch 3
+
+
+def test_the_old_pruner_key_is_read_as_stopper_with_one_line(tmp_path, capsys):
+    from search.study import load_study_file
+
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\npruner: {{name: pareto, percentile: 75}}\n")
+    assert load_study_file(study).config.stopper.percentile == 75
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'pruner:' is now called 'stopper:'" in err
+    study.write_text(study.read_text() + "stopper: {name: none}\n")
+    with pytest.raises(ConfigError, match="both 'pruner' and 'stopper'"):
+        load_study_file(study)
