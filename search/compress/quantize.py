@@ -158,7 +158,10 @@ class QuantConv2d(nn.Conv2d):
 
 
 class QuantLinear(nn.Linear):
-    """A Linear whose forward uses its weight fake-quantized to ``weight_bits`` bits (see :class:`QuantConv2d`)."""
+    """A Linear whose forward uses its weight fake-quantized to ``weight_bits`` bits (see :class:`QuantConv2d`).
+
+    The few lines it shares with QuantConv2d stay written twice: a shared mixin class breaks ``torch.jit.script``
+    (the TorchScript export), which cannot resolve a plain mixin's attributes (tried: tests/test_quantize.py)."""
 
     def __init__(self, *args, weight_bits: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
