@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from search.complexity import Complexity, count_nonzero_params, measure
+from search.complexity import CIFAR_INPUT, Complexity, count_nonzero_params, measure
 from search.compress import steps, weight_sparsity
 from search.compress.compression import Compression
 from search.config import from_mapping, to_mapping
@@ -83,7 +83,8 @@ class Costs:
     measured_score: Score    # the formula on the measured compressed counts (pruning already in them)
 
 
-def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference()) -> Costs:
+def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference(),
+          input_size: tuple[int, ...] = CIFAR_INPUT) -> Costs:
     """Build and compress an untrained copy to measure both scores before training.
 
     Structured pruning keeps the same number of channels per layer whatever the weights, and unstructured pruning
@@ -91,10 +92,10 @@ def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = Sc
     """
     model = candidate.build(num_classes)
     key = json.dumps([candidate.arch, candidate.width, candidate.groups, candidate.depthwise, candidate.arch_options,
-                      num_classes], sort_keys=True, default=str)
+                      num_classes, list(input_size)], sort_keys=True, default=str)
     if key not in _DENSE:  # a search meets the same architecture many times: count its MACs once
-        _DENSE[key] = measure(model)
-    compressed = measure(compress(model, candidate.compression))
+        _DENSE[key] = measure(model, input_size)
+    compressed = measure(compress(model, candidate.compression), input_size)
     return _costs(candidate.compression, _DENSE[key], compressed, reference)
 
 
@@ -155,7 +156,8 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
     start = time.perf_counter()
     torch.manual_seed(candidate.train.seed)
     model = candidate.build(data.num_classes).to(data.device)
-    dense = known.dense if known is not None else measure(model)
+    input_size = tuple(data.x_train.shape[1:])  # the MACs of this data's image size
+    dense = known.dense if known is not None else measure(model, input_size)
     phase = "dense"
     if resume is not None and resume["phase"] == "compressed":
         # the saved weights have the compressed structure; pruning an untrained copy gives the same shapes
@@ -189,7 +191,7 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
     if known is not None:
         compressed = Complexity(known.compressed.params, count_nonzero_params(model), known.compressed.macs)
     else:
-        compressed = measure(model)
+        compressed = measure(model, input_size)
     val = trainer.history[-1].val_accuracy if trainer.history else evaluate(
         model, data.x_val, data.y_val, data.mean, data.std)
     test_acc = trainer.evaluate(data.x_test, data.y_test) if test else None

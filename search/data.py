@@ -1,7 +1,8 @@
 """Datasets as uint8 tensors on the training device, a seeded validation split, batched augmentation.
 
-Every dataset becomes ``Splits``: uint8 images N×3×32×32 and int64 labels for train / val / test. The validation
-split is carved from the training set (the search optimizes on it); the test split is for final verification only.
+Every dataset becomes ``Splits``: uint8 images N×3×S×S (S = ``image_size``, 32 by default) and int64 labels for
+train / val / test. The validation split is carved from the training set (the search optimizes on it); the test
+split is for final verification only.
 Augmentation works on whole batches with tensor ops (airbench style): no PIL, no per-image Python.
 """
 
@@ -22,6 +23,8 @@ from search.errors import MicronetError
 
 DATASETS = ("cifar10", "cifar100", "npz", "folder", "digits", "synthetic")
 IMAGE_SHAPE = (3, 32, 32)
+# The models end in a global average pool, so any side their three stages can halve works; 32 and 48 are tested.
+IMAGE_SIZES = (8, 512)
 
 
 class DataError(MicronetError):
@@ -49,7 +52,7 @@ class DataConfig:
     seed: int = 0
     synthetic_size: int = 1024  # synthetic only: training images (the test split is a quarter of it)
     synthetic_classes: int = 10
-    image_size: int = 32        # folder only: images are resized to image_size × image_size once, when loaded
+    image_size: int = 32        # the side of the square images; folder images are resized to it once, when loaded
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -65,10 +68,10 @@ class DataConfig:
         if self.name == "folder" and not self.path:
             raise DataError("the folder dataset needs a path: --data-path DIR (or path: in the study file), a folder "
                             "of class folders, or one with train/ and test/ class folders")
-        if isinstance(self.image_size, bool) or self.image_size != 32:
-            # The score's MAC counts, structured pruning's trace and the export's input shape are 32×32 today.
-            raise DataError(f"image_size must be 32 (images are resized to 32×32 when loaded), got "
-                            f"{self.image_size!r}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
+                or not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
+            raise DataError(f"image_size must be an integer from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels, "
+                            f"square images), got {self.image_size!r}")
 
     def key(self) -> str:
         """A short stable description, used in cache keys."""
@@ -77,7 +80,7 @@ class DataConfig:
             parts.append(Path(self.path).name)
         if self.subset:
             parts.append(f"subset{self.subset}")
-        if self.name == "folder":
+        if self.name == "folder" or self.image_size != 32:
             parts.append(f"px{self.image_size}")
         if self.name == "synthetic":
             parts.append(f"n{self.synthetic_size}c{self.synthetic_classes}")
@@ -351,8 +354,10 @@ def _check_arrays(config, x_train, y_train, x_test, y_test):
     out = []
     for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 4 or x.shape[1:] != (32, 32, 3):
-            raise DataError(f"{where}: x_{name} has shape {x.shape}; expected N×32×32×3 (height, width, RGB)")
+        s = config.image_size
+        if x.ndim != 4 or x.shape[1:] != (s, s, 3):
+            raise DataError(f"{where}: x_{name} has shape {x.shape}; expected N×{s}×{s}×3 (height, width, RGB; "
+                            f"image_size {s})")
         if x.dtype != np.uint8:
             raise DataError(f"{where}: x_{name} has dtype {x.dtype}; expected uint8 pixels 0..255")
         if y.ndim != 1 or len(y) != len(x):

@@ -13,9 +13,9 @@ The pieces, in the order the commands use them:
 - :func:`verify`: reload every written artifact and re-evaluate it on the test split against the card; the ONNX
   outputs must match torch's within the tolerance :func:`onnx_check` derived from the model's quantizers.
 
-Every exported model takes a float tensor N×3×32×32 that is already normalized: uint8 RGB → /255 → (x - mean) / std
-with the mean and std (0..1 scale) of the study's training split, recorded in the card. The ensemble outputs scores
-whose argmax is the majority vote of its members (see :class:`MajorityVote`).
+Every exported model takes a float tensor N×3×H×W (the data's image size) that is already normalized: uint8 RGB →
+/255 → (x - mean) / std with the mean and std (0..1 scale) of the study's training split, recorded in the card.
+The ensemble outputs scores whose argmax is the majority vote of its members (see :class:`MajorityVote`).
 
 ONNX goes through the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``): the dynamo exporter
 (torch 2.14 with onnxscript 0.7) cannot translate the activation quantizer's whole-tensor ``amax()``, while the
@@ -73,8 +73,8 @@ SCORE_CONVENTION = "seed 000's convention: the sum of the members' scores"
 VOTE_RULE = ("majority vote of the members' top-1 predictions; ties are broken by the members' summed softmax "
              "probabilities. The output is votes + summed_softmax / (members + 1): the second term is below 1, so "
              "it only orders classes with equal votes, and argmax(output) is the vote")
-PREPROCESSING = ("uint8 RGB image H×W×3 (32×32) → C×H×W float → /255 → (x - mean) / std per channel; input "
-                 "N×3×32×32 float32")
+PREPROCESSING = ("uint8 RGB image H×W×3 (the size of input_shape) → C×H×W float → /255 → (x - mean) / std per "
+                 "channel; input N×3×H×W float32")
 
 
 class ExportError(MicronetError):
@@ -565,7 +565,7 @@ def _common_card(data_config: dict, data: Splits, meta: dict, formats: Sequence[
         "test_images": len(data.y_test),
         "dataset": {"name": data_config.get("name"), "num_classes": data.num_classes, "config": data_config,
                     "test_split": "the dataset's test split (never seen by the search)"},
-        "preprocessing": {"input_shape": [3, 32, 32], "input_dtype": "float32", "layout": "NCHW",
+        "preprocessing": {"input_shape": list(data.x_test.shape[1:]), "input_dtype": "float32", "layout": "NCHW",
                           "pixels": "uint8 RGB", "scale": "1/255", "mean": list(meta["mean"]),
                           "std": list(meta["std"]), "steps": PREPROCESSING},
         "input_name": "input", "output_name": output,
@@ -771,7 +771,7 @@ def _rebuild_baked(candidate: dict, num_classes: int, path: Path) -> nn.Module:
 
 
 def onnx_predict(path: str | Path, x: torch.Tensor, mean, std, batch_size: int = 512) -> torch.Tensor:
-    """Outputs of an exported ONNX model for uint8 images N×3×32×32, through onnxruntime on the CPU."""
+    """Outputs of an exported ONNX model for uint8 images N×3×H×W, through onnxruntime on the CPU."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -926,11 +926,12 @@ def readme(card: dict) -> str:
                  f"Score {card['score']:.6g} (measured {_g(card['measured_score'])}); validation accuracy "
                  f"{card['val_accuracy']:.4f} (from the study), test accuracy {card['test_accuracy']:.4f} "
                  f"({card['test_images']} test images, measured at export)."]
+    h, w = p["input_shape"][1:]
     lines = [title, "", *about, "", "## Input", "",
-             "A float32 tensor N×3×32×32 (NCHW), from uint8 RGB images: divide by 255, then subtract the mean and "
-             "divide by the std per channel (0..1 scale):", "",
+             f"A float32 tensor N×3×{h}×{w} (NCHW), from uint8 RGB images: divide by 255, then subtract the mean "
+             "and divide by the std per channel (0..1 scale):", "",
              f"- mean: {_fmt(p['mean'])}", f"- std: {_fmt(p['std'])}", "",
-             "```python", "import torch", "", "# images_uint8_nhwc: N×32×32×3 uint8 RGB",
+             "```python", "import torch", "", f"# images_uint8_nhwc: N×{h}×{w}×3 uint8 RGB",
              "x = torch.as_tensor(images_uint8_nhwc).permute(0, 3, 1, 2).float() / 255",
              f"x = (x - torch.tensor({_fmt(p['mean'])}).view(1, 3, 1, 1)) / torch.tensor({_fmt(p['std'])})"
              f".view(1, 3, 1, 1)", "```", "",

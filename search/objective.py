@@ -74,7 +74,7 @@ class Objective:
             candidate = candidate_from(values, self.config)
             if candidate.distillation is not None and self.teacher is None:
                 raise ConfigError("distillation sampled but the study has no teacher")
-            cost = costs(candidate, self.data.num_classes, self.config.reference)
+            cost = costs(candidate, self.data.num_classes, self.config.reference, tuple(self.data.x_train.shape[1:]))
         except ConfigError as e:
             _prune(trial, f"cannot build this candidate: {e}")
         score = cost.course_score.total

@@ -73,8 +73,47 @@ def test_train_and_test_with_other_classes(tmp_path):
         load_data(DataConfig(name="folder", path=str(root)))
     with pytest.raises(DataError, match="image folder not found"):
         load_data(DataConfig(name="folder", path=str(tmp_path / "nope")))
-    with pytest.raises(DataError, match="image_size must be 32"):
-        DataConfig(name="folder", path=str(root), image_size=64)
+    with pytest.raises(DataError, match="image_size must be an integer from 8 to 512"):
+        DataConfig(name="folder", path=str(root), image_size=4)
+    with pytest.raises(DataError, match=r"expected N×48×48×3"):  # data of another size than asked for
+        load_data(DataConfig(name="digits", image_size=48))
+
+
+def test_images_of_another_size_train_score_and_export(tmp_path):
+    """At image_size 48 the MACs (and so the score) are those of 48×48 inputs, and the export takes 48×48."""
+    from search.candidate import Candidate, costs
+    from search.cli import main
+
+    root = make_folder(tmp_path / "imgs", per_class=16, sizes=((50, 60), (40, 40)))
+    data = load_data(DataConfig(name="folder", path=str(root), image_size=48))
+    assert data.x_train.shape[1:] == (3, 48, 48)
+    cand = Candidate(arch="resnet20", width=0.25)
+    at32, at48 = costs(cand, 3), costs(cand, 3, input_size=(3, 48, 48))
+    assert at48.dense.params == at32.dense.params
+    assert at48.dense.macs == pytest.approx(at32.dense.macs * (48 / 32) ** 2, rel=0.01)  # convs scale with pixels
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"
+                                         "  qw: {choices: [8]}\n  ps: {value: 0.3}\n")
+    (tmp_path / "s.yaml").write_text(f"""\
+name: big
+space: space.yaml
+storage: sqlite:///{tmp_path / 's.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: folder, path: imgs, val_fraction: 0.25, image_size: 48}}
+sampler: {{name: random, seed: 0}}
+train: {{epochs: 2, batch_size: 8}}
+stopper: {{name: none, skip_dominated: false}}
+n_trials: 1
+""")
+    study = run_study(load_study_file(tmp_path / "s.yaml"))
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["dense_macs"] == at48.dense.macs
+    rc = main(["export", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "big", "--trial", "0",
+               "--out", str(tmp_path / "model"), "--verify"])
+    assert rc == 0
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert card["preprocessing"]["input_shape"] == [3, 48, 48]
+    assert "N×3×48×48" in (tmp_path / "model" / "README.md").read_text()
 
 
 def test_a_folder_trains_through_train_and_through_a_study(tmp_path):
