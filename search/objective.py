@@ -109,7 +109,11 @@ class Objective:
             if self.on_epoch is not None:
                 self.on_epoch(trial.number, report)
             why = None
-            if report.epoch < report.epochs:  # after the last epoch stopping saves nothing and would lose the result
+            # No decision after the last epoch (stopping saves nothing and would lose the result), nor at an epoch
+            # replayed from a reused base (images_per_s 0): it cost nothing, and its accuracy is the shared dense
+            # network's, the same for every candidate on that base, so a rung there would rank siblings by score
+            # alone and stop the lightly compressed ones before they show what they do.
+            if report.epoch < report.epochs and report.images_per_s > 0:
                 why = self.stopper.should_stop(report.epoch, report.val_accuracy, score,
                                                _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
             if report.images_per_s > 0:  # trained here, not replayed from a reused base

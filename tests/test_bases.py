@@ -244,3 +244,47 @@ n_trials: 4
     assert sorted(t.user_attrs["epochs_saved"] for t in trials) == [0, 3, 3, 3]
     assert all(set(t.intermediate_values) == set(range(1, 7)) for t in trials)
     assert len(list((tmp_path / "artifacts").glob("base-*"))) == 1
+
+
+class StopLightlyCompressedAtEpochOne:
+    """Stops, at epoch 1, every trial whose score is above a bar (as a rung would stop a dominated sibling)."""
+
+    sees = "complete"
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+        return f"epoch {epoch}: score {score:.4g} above the bar" if epoch == 1 and score > self.bar else None
+
+
+def test_no_stopper_decides_on_an_epoch_replayed_from_a_reused_base(tmp_path, monkeypatch):
+    from search.study import StopperConfig
+
+    (tmp_path / "space.yaml").write_text(PARALLEL_SPACE)
+    path = tmp_path / "replay.yaml"
+    path.write_text(f"""\
+name: replay
+space: {tmp_path / 'space.yaml'}
+storage: sqlite:///{tmp_path / 'replay.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: digits, subset: 300}}
+sampler: {{name: random, seed: 3}}
+train: {{epochs: 4, batch_size: 32}}
+reuse_bases: true
+n_trials: 2
+enqueue: [{{ps: 0.5}}, {{ps: 0.1}}]
+""")
+    # ps 0.5 scores lower than ps 0.1: the first trial trains the base untouched, the second replays its epoch 1
+    bar = 0.5 * (costs_of(0.5) + costs_of(0.1))
+    monkeypatch.setattr(StopperConfig, "build", lambda self, floor: StopLightlyCompressedAtEpochOne(bar))
+    study = run_study(load_study_file(path))
+    first, second = study.get_trials()
+    assert first.user_attrs["base_reused"] is False and second.user_attrs["base_reused"] is True
+    assert second.state == TrialState.COMPLETE  # its epoch 1 was replayed: no decision there
+
+
+def costs_of(ps):
+    from search.candidate import costs
+
+    return costs(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).course_score.total
