@@ -25,6 +25,7 @@ def default_storage(study_name: str) -> str:
     return f"sqlite:///studies/{study_name}.db"
 
 
+SQLITE_BUSY_TIMEOUT_S = 60.0
 URL_FORMS = ("sqlite:///FILE.db", "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
              "mysql+pymysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE", "journal:FILE")
 
@@ -106,6 +107,9 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         path = Path(url[len("sqlite:///"):])
         if str(path) and not str(path).startswith(":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
+        # several local workers (heartbeats, epoch reports, checkpoints) write one file: wait for its lock instead
+        # of failing with "database is locked" after sqlite3's default 5 s (seen with 2 workers and heartbeats)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     elif url.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres", "mysql", "mariadb"):
         # fail in seconds, not after the operating system's two-minute TCP timeout, when the host does not answer
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
