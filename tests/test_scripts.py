@@ -120,6 +120,9 @@ def _running_with_checkpoint(db) -> bool:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
             rows = con.execute("SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
                                "WHERE t.state = 'RUNNING' AND a.key = 'resume' AND a.value_json != 'null'").fetchone()
-        return rows[0] > 0
+            # or a running trial two epochs in (its checkpoint may still be on its way)
+            epochs = con.execute("SELECT count(*) FROM trials t JOIN trial_intermediate_values v "
+                                 "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchone()
+        return rows[0] > 0 or epochs[0] >= 2
     except sqlite3.Error:  # not created yet, or busy this instant: ask again
         return False
