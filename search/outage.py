@@ -11,8 +11,10 @@ Errors of the database itself (an integrity error, bad SQL, a finished trial) ar
 - everything else waits: the trial's final state (after its buffered writes), claiming the next trial, the study
   locks (:mod:`search.locks`);
 - heartbeats that fail are skipped. When the storage is back this worker's running trials beat at once, and for
-  ``grace_period`` seconds this worker marks no trial stale: the other workers' last heartbeats are as old as the
-  outage, and they need up to a heartbeat interval to beat again. A worker that did not see the outage (one
+  ``grace_period`` + ``MAX_DELAY_S`` seconds this worker marks no trial stale: the other workers' last heartbeats
+  are as old as the outage, and they need up to a heartbeat interval to beat again, or, for a trial whose result
+  waits in the retry backoff (its heartbeat thread has stopped with its objective), up to ``MAX_DELAY_S`` to try
+  again and beat. A worker that did not see the outage (one
   started after it) judges heartbeats by their age as usual: if the outage plus one interval outlasted
   ``grace_period``, it may fail and re-queue a live trial; the live worker then drops that trial's result.
 
@@ -579,7 +581,7 @@ class ResilientStorage(BaseStorage, compat.BaseHeartbeat):
             pass  # a StorageOutage is recorded: the main thread stops at its next call
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        if self._outages.in_grace(self._grace_s):
+        if self._outages.in_grace(self._grace_s + MAX_DELAY_S):
             return []  # the other workers' heartbeats are as old as the outage: give them time to beat again
         return self._call("_get_stale_trial_ids", study_id)
 

@@ -212,6 +212,36 @@ def test_a_live_trial_another_worker_failed_ends_without_an_error(database, caps
     assert "was marked failed by another worker" in capsys.readouterr().err
 
 
+def test_a_trial_whose_result_waits_out_the_outage_is_not_taken_for_dead(database, proxy, monkeypatch):
+    # Worker B's trial ended during the outage: its heartbeat thread has stopped and its final write waits in the
+    # retry backoff (up to MAX_DELAY_S between tries). Worker A comes back first and must not take B's old
+    # heartbeat for a dead worker's before B's next try (seen in CI: the trial was failed and trained again)
+    monkeypatch.setattr("search.outage.random.uniform", lambda a, b: b)  # no jitter: B's tries come late
+    a = open_storage(proxy.url(database), heartbeat_interval=1, grace_period=3, outage_s=120)
+    b = open_storage(proxy.url(database) + "?application_name=b", heartbeat_interval=1, grace_period=3,
+                     outage_s=120)  # another URL: an outage state of its own, as in another process
+    study = optuna.create_study(study_name="s", storage=a, directions=["maximize", "minimize"])
+    a_trial, b_trial = a.create_new_trial(study._study_id), b.create_new_trial(study._study_id)
+    b.record_heartbeat(b_trial)
+    proxy.down()
+    told = threading.Thread(target=b.set_trial_state_values, args=(b_trial, TrialState.COMPLETE, [0.5, 1.0]))
+    told.start()  # tries at +0.25, 0.75, 1.75, 3.75, 7.75, 12.75, 17.75, 22.75 s: 4.75 s after the server is back
+    for _ in range(18):  # A's heartbeat thread: A sees the outage
+        a.record_heartbeat(a_trial)
+        time.sleep(1)
+    proxy.up()
+    stale = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # A beats its own trial and looks for dead workers' trials, often
+        a.record_heartbeat(a_trial)
+        stale += a._get_stale_trial_ids(study._study_id)
+        time.sleep(0.2)
+    told.join(timeout=30)
+    assert not stale
+    trial = optuna.load_study(study_name="s", storage=direct(database)).trials[b_trial - a_trial]
+    assert trial.state == TrialState.COMPLETE and trial.values == [0.5, 1.0]
+
+
 def test_a_lock_is_taken_across_an_outage_and_released_after_its_session_died(database, proxy):
     url = proxy.url(database)
     open_storage(url, outage_s=30)  # the outage limit for this URL's locks
@@ -324,7 +354,7 @@ def test_run_with_two_workers_rides_out_a_15_second_outage(database, proxy, tmp_
     assert all("unreachable" in w and "back after" in w for w in logs), logs
 
     trials = trials_of(database)
-    assert len(trials) == 4 and all(t.state in FINISHED for t in trials), [(t.number, t.state) for t in trials]
+    assert len(trials) == 4 and all(t.state in FINISHED for t in trials), ([(t.number, t.state) for t in trials], logs)
     for t in trials:  # every epoch's report arrived, those trained during the outage too
         assert set(t.intermediate_values) == set(range(1, t.user_attrs["epochs_run"] + 1)), t.intermediate_values
     for c in caught:  # the trials running when the storage went away finished in the same run
