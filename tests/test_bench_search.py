@@ -86,3 +86,21 @@ def test_arms_must_start_with_the_baseline(tmp_path):
     p = subprocess.run([sys.executable, "-m", "search", "bench", "search", "--arms", "gp-moasha,random", "--work",
                         str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--arms must start with random" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_runs_read_the_study_as_it_was_when_the_benchmark_started(tmp_path):
+    # an edit of the study or its space while the benchmark runs (seen: a crash at seed 2) changes none of its runs
+    from search.bench.search import ARMS, Plan, study_file
+    from search.study import load_study_file
+
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text("name: s\nspace: space.yaml\ndata: {name: digits}\ntrain: {epochs: 3}\n")
+    plan, work = Plan(study=str(study), seeds=(0,)), tmp_path / "work"
+    first = load_study_file(study_file(plan, ARMS[0], 0, work, None)).config
+    study.write_text("name: s\nspace: space.yaml\ndata: {name: digits}\ntrain: {epochs: 9}\n")
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 1.0}\n")
+    later = load_study_file(study_file(plan, ARMS[2], 0, work, None))
+    assert first.train.epochs == later.config.train.epochs == 3
+    assert next(p for p in later.space.params if p.name == "width").choices == (0.25, 0.5)
+    assert (work / "snapshot" / "study.yaml").read_text().startswith(f"# copied from {study.resolve()}")

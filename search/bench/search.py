@@ -70,10 +70,10 @@ ALL_ARMS = ARMS + EXTRA_ARMS
 class Plan:
     study: str = "studies/cifar10-dev.yaml"
     seeds: tuple[int, ...] = (0, 1, 2)
-    budget_s: float = 1080.0
+    budget_s: float = 1380.0  # 9 runs, 2 at a time: 5 rounds of 23 min, under 2 h
     parallel: int = 2
     audit_seed: int | None = 0
-    audit_arms: tuple[str, ...] = ("tpe-pareto", "new-default")
+    audit_arms: tuple[str, ...] = ("new-default",)  # the stopper the defaults ship; the audit is costly
     audit_max: int = 60
     quick_data: dict | None = None   # --quick: replaces the data (digits), epochs and budget
     quick_train: dict | None = None
@@ -84,11 +84,30 @@ QUICK = Plan(seeds=(0, 1), budget_s=25.0, audit_max=2, audit_arms=("tpe-pareto",
              quick_train={"epochs": 3, "batch_size": 64})
 
 
+def snapshot(plan: Plan, work: Path) -> dict:
+    """The benchmark study as it was when the benchmark started: copied with its space into the work folder at the
+    first call, read from there at every later one (and by a resumed benchmark), so that editing the study or the
+    space while the benchmark runs changes none of its runs."""
+    folder = work / "snapshot"
+    study_path = folder / "study.yaml"
+    if not study_path.exists():
+        raw = yaml.safe_load(Path(plan.study).read_text())
+        base = Path(plan.study).resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        space = folder / "space.yaml"
+        space.write_text(_resolve(raw["space"], base).read_text())
+        raw["space"] = str(space)
+        if raw.get("data", {}).get("name") == "npz" and "path" in raw["data"]:
+            raw["data"]["path"] = str(_resolve(raw["data"]["path"], base))
+        study_path.write_text(f"# copied from {Path(plan.study).resolve()} at {datetime.now():%Y-%m-%d %H:%M}\n"
+                              + yaml.safe_dump(raw, sort_keys=False))
+    return yaml.safe_load(study_path.read_text())
+
+
 def study_file(plan: Plan, arm: Arm, seed: int, work: Path, data_path: str | None) -> Path:
-    """The arm's study file: the benchmark study with the arm's overrides, its own storage, seed and budget."""
-    raw = yaml.safe_load(Path(plan.study).read_text())
-    base = Path(plan.study).resolve().parent
-    raw["space"] = str(_resolve(raw["space"], base))
+    """The arm's study file: the benchmark study (its snapshot) with the arm's overrides, its own storage, seed and
+    budget."""
+    raw = snapshot(plan, work)
     for key, value in arm.overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "stopper" else value
     if plan.quick_data is not None:
@@ -96,8 +115,6 @@ def study_file(plan: Plan, arm: Arm, seed: int, work: Path, data_path: str | Non
         raw["train"] = {**raw.get("train", {}), **plan.quick_train}
     elif data_path is not None:
         raw["data"] = {**raw["data"], "path": str(Path(data_path).resolve())}
-    elif raw["data"].get("name") == "npz":
-        raw["data"]["path"] = str(_resolve(raw["data"]["path"], base))
     name = f"{arm.name}-s{seed}"
     raw.update(name=name, storage=f"sqlite:///{work / 'db' / name}.db", artifacts=str(work / "artifacts" / name),
                n_trials=None, timeout=plan.budget_s, enqueue=[])
@@ -124,13 +141,41 @@ def schedule(plan: Plan, arms: tuple[Arm, ...]) -> list[tuple[Arm, int]]:
     return out
 
 
-def run_all(plan: Plan, arms: tuple[Arm, ...], work: Path, data_path: str | None, say) -> list[dict]:
-    """Run every (arm, seed) not run yet, ``plan.parallel`` at a time; return all runs' records."""
+def run_all(plan: Plan, arms: tuple[Arm, ...], work: Path, data_path: str | None, say,
+            audit_runs: tuple[tuple[str, int], ...] = ()) -> list[dict]:
+    """Run every (arm, seed) not run yet, ``plan.parallel`` at a time; return all runs' records.
+
+    The audits of ``audit_runs`` (arm name, seed) are jobs too, one core each: each starts once its run is recorded
+    and a slot is free, so it fills the slot the last runs leave idle instead of running after them."""
     (work / "runs").mkdir(parents=True, exist_ok=True)
     todo = [(a, s) for a, s in schedule(plan, arms) if not _record_path(work, a, s).exists()]
+    audits = [(a, s) for a, s in audit_runs if not _audit_path(work, a, s).exists()]
     running: list[tuple[Arm, int, subprocess.Popen, float, datetime]] = []
-    while todo or running:
-        while todo and len(running) < plan.parallel:
+    auditing: list[tuple[str, int, subprocess.Popen]] = []
+    while todo or running or audits or auditing:
+        for item in list(auditing):
+            name, seed, proc = item
+            if proc.poll() is not None:
+                auditing.remove(item)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"the audit of {name} seed {seed} failed (exit code {proc.returncode}); "
+                                       f"see {work / 'logs' / f'audit-{name}-s{seed}.log'}")
+        ready = [(a, s) for a, s in audits if _record_path(work, Arm(a, ""), s).exists()]
+        # runs first: an audit takes a slot only when no run waits for one
+        while ready and not todo and len(running) + len(auditing) < plan.parallel:
+            name, seed = ready.pop(0)
+            audits.remove((name, seed))
+            (work / "logs").mkdir(parents=True, exist_ok=True)
+            log = open(work / "logs" / f"audit-{name}-s{seed}.log", "w")
+            cmd = [sys.executable, "-m", "search.bench.search", "audit", str(work), name, str(seed),
+                   str(plan.audit_max)] + ([data_path] if data_path else [])
+            env = {**os.environ, "MICRONET_THREADS": "1"}
+            auditing.append((name, seed, subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=work)))
+            say(f"started the audit of {name} seed {seed}")
+        if not todo and not running and audits and not ready and not auditing:
+            missing = ", ".join(f"{a} seed {s}" for a, s in audits)
+            raise RuntimeError(f"cannot audit {missing}: no such run in this benchmark")
+        while todo and len(running) + len(auditing) < plan.parallel:
             arm, seed = todo.pop(0)
             path = study_file(plan, arm, seed, work, data_path)
             for stale in (work / "db" / f"{arm.name}-s{seed}.db",):
@@ -169,6 +214,14 @@ def _record_path(work: Path, arm: Arm, seed: int) -> Path:
     return work / "runs" / f"{arm.name}-s{seed}.json"
 
 
+def _audit_path(work: Path, arm_name: str, seed: int) -> Path:
+    return work / "runs" / f"audit-{arm_name}-s{seed}.json"
+
+
+def load_audit(work: Path, arm_name: str, seed: int) -> dict:
+    return json.loads(_audit_path(work, arm_name, seed).read_text())
+
+
 def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) -> dict:
     """One run's record: every finished trial with the second (from the run's start) it finished at."""
     import optuna
@@ -192,7 +245,7 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
             "score": t.values[1] if t.state == TrialState.COMPLETE else a.course_score,
             "epochs_run": len(t.intermediate_values), "pruned_reason": a.pruned_reason,
             "base_reused": a.base_reused, "epochs_saved": a.epochs_saved or 0,
-            "candidate": a.candidate,
+            "candidate": a.candidate, "macs": a.dense_macs, "wall_s": a.wall_s,
         })
     points = [(t["values"][0], t["values"][1]) for t in trials if t["values"]]
     hv_at = [hypervolume([(t["values"][0], t["values"][1]) for t in trials
@@ -217,10 +270,11 @@ def time_to(record: dict, target: float) -> float | None:
     return next((s for s, hv in hv_curve(record) if hv >= target), None)
 
 
-def audit(record: dict, work: Path, data_path: str | None, plan: Plan, say) -> dict:
+def audit(record: dict, work: Path, data_path: str | None, audit_max: int, say, threads: int = 1) -> dict:
     """Train each trial the stopper stopped to the end; count those that would have entered the run's final front.
 
     A re-trained trial enters the front when no trial completed in the run dominates its (accuracy, score).
+    Cheapest first (by the MACs the trial recorded), so that a cut-off audit has covered the most trials.
     """
     import torch
 
@@ -228,12 +282,13 @@ def audit(record: dict, work: Path, data_path: str | None, plan: Plan, say) -> d
     from search.data import load_data
     from search.study import load_study_file
 
-    loaded = load_study_file(work / "studies" / f"{record['arm']}-s{record['seed']}.yaml")
+    loaded = load_study_file(work / "studies" / f"{record['arm']}-s{record['seed']}.yaml", data_path=data_path)
     data = load_data(loaded.config.data)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     front = [tuple(t["values"]) for t in record["trials"] if t["values"]]
     stopped = [t for t in record["trials"] if t["state"] == "PRUNED" and t["candidate"]
-               and (t["pruned_reason"] or "").startswith(STOPPED_BY_STOPPER)][:plan.audit_max]
+               and (t["pruned_reason"] or "").startswith(STOPPED_BY_STOPPER)]
+    stopped = sorted(stopped, key=lambda t: t.get("macs") or 0)[:audit_max]
     rows = []
     for t in stopped:
         candidate = Candidate.from_dict(t["candidate"])
@@ -341,3 +396,20 @@ def plot_curves(records: list[dict], arms: tuple[Arm, ...], budget_s: float, pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _audit_main(argv: list[str]) -> int:
+    """``python -m search.bench.search audit WORK ARM SEED MAX [DATA_PATH]``: one audit, as a job of run_all."""
+    work, arm_name, seed, audit_max = Path(argv[1]), argv[2], int(argv[3]), int(argv[4])
+    data_path = argv[5] if len(argv) > 5 else None
+    record = json.loads(_record_path(work, Arm(arm_name, ""), seed).read_text())
+    result = audit(record, work, data_path, audit_max, lambda text: print(text, flush=True),
+                   threads=int(os.environ.get("MICRONET_THREADS", "1")))
+    _audit_path(work, arm_name, seed).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 6 or sys.argv[1] != "audit":
+        sys.exit("usage: python -m search.bench.search audit WORK ARM SEED MAX [DATA_PATH]")
+    sys.exit(_audit_main(sys.argv[1:]))

@@ -4,7 +4,6 @@ appends it to BENCHMARKS.md. Under 10 minutes on a 2-core CPU; ``--quick`` is a 
 
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -16,7 +15,7 @@ def add_parser(commands) -> None:
                         "strategies on real images (about 110 min on 2 cores; resumable)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every benchmark runs")
     p.add_argument("--seeds", type=int, help="search: seeds per arm (default 3)")
-    p.add_argument("--budget", type=float, help="search: seconds per run (default 1080)")
+    p.add_argument("--budget", type=float, help="search: seconds per run (default 1380)")
     p.add_argument("--parallel", type=int, help="search: runs at a time, one core each (default 2)")
     p.add_argument("--arms", help="search: comma-separated arms to run, the baseline first (default: random,tpe-pareto,"
                                   "new-default; also random-moasha, nsga2-moasha, gp-moasha)")
@@ -100,15 +99,10 @@ def run_search(args) -> int:
         check_data(load_study_file(plan.study, data_path=args.data_path))  # the npz must be there
     work = Path(args.work or ("studies/bench-search-quick" if args.quick else "studies/bench-search")).resolve()
     start = time.perf_counter()
-    records = bench.run_all(plan, arms, work, args.data_path, say)
-    audits = []
-    if not args.no_audit and plan.audit_seed is not None:
-        for record in records:
-            if record["arm"] in plan.audit_arms and record["seed"] == plan.audit_seed:
-                path = work / "runs" / f"audit-{record['arm']}-s{record['seed']}.json"
-                if not path.exists():
-                    path.write_text(json.dumps(bench.audit(record, work, args.data_path, plan, say)))
-                audits.append(json.loads(path.read_text()))
+    audit_runs = () if args.no_audit or plan.audit_seed is None else tuple(
+        (a.name, plan.audit_seed) for a in arms if a.name in plan.audit_arms and plan.audit_seed in plan.seeds)
+    records = bench.run_all(plan, arms, work, args.data_path, say, audit_runs)
+    audits = [bench.load_audit(work, name, seed) for name, seed in audit_runs]
     rows, baseline = bench.summarize(records, arms)
     minutes = (time.perf_counter() - start) / 60
     out = Path(args.out)
