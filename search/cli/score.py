@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 from rich.console import Console
 from rich.table import Table
 
+from search import micronet2019
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
@@ -53,16 +55,19 @@ def run(args) -> int:
     if args.blocks is not None:
         model_kwargs["blocks"] = _int_list(args.blocks)
     model = build_model(args.arch, **model_kwargs)
+    challenge = micronet2019.count_candidate(copy.deepcopy(model), compression)
     report = score_model(model, compression, reference)
     if args.json:
         print(json.dumps({"arch": args.arch, "groups": args.groups, "depthwise": args.depthwise,
-                          "width": args.width, **report.as_dict()}))
+                          "width": args.width, **report.as_dict(),
+                          "micronet2019": {"params": challenge.params, "mults": challenge.mults,
+                                           "adds": challenge.adds, "score": challenge.score}}))
         return 0
-    _print_table(args, report)
+    _print_table(args, report, challenge)
     return 0
 
 
-def _print_table(args, report) -> None:
+def _print_table(args, report, challenge: micronet2019.Counts) -> None:
     c = report.compression
     console = Console()
     console.print(f"[bold]{args.arch}[/]  groups={args.groups}  depthwise={'yes' if args.depthwise else 'no'}  "
@@ -76,4 +81,8 @@ def _print_table(args, report) -> None:
     table.add_row("parameter term", f"{report.score.param_term:.6f}")
     table.add_row("MAC term", f"{report.score.macs_term:.6f}")
     table.add_row("score", f"{report.score.total:.6f}", style="bold")
+    table.add_section()
+    table.add_row("MicroNet 2019: storage (32-bit parameters)", f"{challenge.params:,.0f}")
+    table.add_row("MicroNet 2019: operations (32-bit)", f"{challenge.ops:,.0f}")
+    table.add_row("MicroNet 2019 score (/ 36.5 M, / 10.49 B)", f"{challenge.score:.6f}", style="bold")
     console.print(table)
