@@ -22,6 +22,7 @@ from search.config import from_mapping, to_mapping
 from search.data import Splits
 from search.errors import ConfigError
 from search.models import build_model
+from search.models.flip import FlipAverage
 from search.score import Score, ScoreReference, compute_score
 from search.train import Distillation, EpochCallback, EpochReport, TrainConfig, Trainer, evaluate
 
@@ -48,8 +49,9 @@ class Candidate:
             raise ConfigError(f"arch_options must be a mapping, got {self.arch_options!r}")
 
     def build(self, num_classes: int) -> nn.Module:
-        return build_model(self.arch, num_classes=num_classes, width=self.width, groups=self.groups,
-                           depthwise=self.depthwise, **self.arch_options)
+        model = build_model(self.arch, num_classes=num_classes, width=self.width, groups=self.groups,
+                            depthwise=self.depthwise, **self.arch_options)
+        return FlipAverage(model) if self.train.tta_flip else model
 
     @property
     def dense_epochs(self) -> int:
@@ -92,7 +94,7 @@ def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = Sc
     """
     model = candidate.build(num_classes)
     key = json.dumps([candidate.arch, candidate.width, candidate.groups, candidate.depthwise, candidate.arch_options,
-                      num_classes, list(input_size)], sort_keys=True, default=str)
+                      num_classes, list(input_size), candidate.train.tta_flip], sort_keys=True, default=str)
     if key not in _DENSE:  # a search meets the same architecture many times: count its MACs once
         _DENSE[key] = measure(model, input_size)
     compressed = measure(compress(model, candidate.compression), input_size)

@@ -52,6 +52,7 @@ from search.config import from_mapping
 from search.data import DataConfig, Splits, load_data, normalize
 from search.errors import MicronetError
 from search.front import front_trials
+from search.models.flip import FlipAverage
 from search.record import TrialRecord
 from search.score import ScoreReference, compute_score
 from search.train import evaluate, predict
@@ -288,11 +289,17 @@ def activation_quantizers(model: nn.Module) -> list[dict]:
     return rows
 
 
-def _rounding_ops(quantizers: Iterable[dict]) -> dict[str, int]:
-    """The ONNX ops that the quantizers export to: one ``Round`` each at 2-8 bits, one float16 ``Cast`` at 16."""
+def _rounding_ops(quantizers: Iterable[dict], model: nn.Module | None = None) -> dict[str, int]:
+    """The ONNX ops that the quantizers export to: one ``Round`` each at 2-8 bits, one float16 ``Cast`` at 16, per
+    pass through them (two under test-time flip averaging)."""
+    flips = [] if model is None else [n for n, m in model.named_modules() if isinstance(m, FlipAverage)]
+
+    def passes(q: dict) -> int:
+        return 2 if any(f == "" or q["module"].startswith(f + ".") for f in flips) else 1
+
     quantizers = list(quantizers)
-    return {"Round": sum(q["rounding"] == "uniform" for q in quantizers),
-            "Cast to float16": sum(q["rounding"] == "float16" for q in quantizers)}
+    return {"Round": sum(passes(q) for q in quantizers if q["rounding"] == "uniform"),
+            "Cast to float16": sum(passes(q) for q in quantizers if q["rounding"] == "float16")}
 
 
 def onnx_check(model: nn.Module, x: torch.Tensor, mean, std) -> dict:
@@ -328,7 +335,7 @@ def onnx_check(model: nn.Module, x: torch.Tensor, mean, std) -> dict:
     """
     quantizers = [m for m in model.modules() if isinstance(m, QuantAct) and m.bits < 32]
     check = {"rule": "votes" if isinstance(model, MajorityVote) else "rounding-tolerant" if quantizers else "strict",
-             "rounding_ops": _rounding_ops(activation_quantizers(model))}
+             "rounding_ops": _rounding_ops(activation_quantizers(model), model)}
     moved = torch.zeros(len(x))
     if quantizers and len(x):
         reference = predict(model, x, mean, std)
@@ -541,6 +548,8 @@ def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> di
     counts["exported_nonzero_params"] = count_nonzero_params(model)  # quantization can round more weights to 0
     card = {"bits": {"qw": qw, "qa": qa}, "activation_quantizers": activation_quantizers(model),
             "pruning": {"ps": compression.ps, "pu": compression.pu},
+            # the graph averages each image's logits with its mirror's: twice the MACs, counted in the score
+            "test_time_flip": isinstance(model, FlipAverage),
             "complexity": counts, "score": trial.values[1], "score_terms": None,
             "measured_score": a.measured_score, "measured_score_terms": None,
             "score_reference": {"params": reference.params, "macs": reference.macs}}
@@ -922,7 +931,10 @@ def readme(card: dict) -> str:
         title = f"# Trial {card['trial']} of study {card['study']}"
         about = [f"{c['arch']} (width {c['width']}, groups {c['groups']}, depthwise {c['depthwise']}), pruned "
                  f"ps={card['pruning']['ps']:.3g} pu={card['pruning']['pu']:.3g}, weights {card['bits']['qw']} bits "
-                 f"(baked in), activations {card['bits']['qa']} bits (fake-quantized in the graph).", "",
+                 f"(baked in), activations {card['bits']['qa']} bits (fake-quantized in the graph)."
+                 + (" Test-time flip averaging: the graph returns the mean of the logits of each image and its "
+                    "horizontal mirror, two passes per image (the score counts both)." if card.get("test_time_flip")
+                    else ""), "",
                  f"Score {card['score']:.6g} (measured {_g(card['measured_score'])}); validation accuracy "
                  f"{card['val_accuracy']:.4f} (from the study), test accuracy {card['test_accuracy']:.4f} "
                  f"({card['test_images']} test images, measured at export)."]

@@ -54,6 +54,8 @@ class TrainConfig:
     cutmix: float = 0.0                # CutMix's Beta(α, α); 0 = off. With both on, each batch uses one of the two
     ema: float = 0.0                   # decay of an exponential moving average of the weights per step; 0 = off.
     #                                    The average is what is evaluated, compressed and kept at the end.
+    tta_flip: bool = False             # evaluate (and export) the mean of the logits of each image and its mirror:
+    #                                    two passes per image, so the score counts twice the MACs
 
     def __post_init__(self):
         _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
@@ -76,6 +78,7 @@ class TrainConfig:
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                f"{self.optimizer!r}")
+        _check(isinstance(self.tta_flip, bool), f"tta_flip must be true or false, got {self.tta_flip!r}")
         _check(_number(self.ema) and 0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0 = off), got {self.ema!r}")
         for key in ("mixup", "cutmix"):
             value = getattr(self, key)
