@@ -37,7 +37,7 @@ TRAIN_CHANGES = {
     "batch_size": 64, "lr": 0.1, "momentum": 0.8, "nesterov": False, "weight_decay": 1e-4, "label_smoothing": 0.1,
     "schedule": "cosine", "warmup_fraction": 0.2, "eval_batch_size": 512, "augment": Augmentation(cutout=8),
     "seed": 1, "channels_last": True, "compile": True, "precision": "bf16",
-    "optimizer": "adamw", "mixup": 0.2, "cutmix": 1.0, "ema": 0.99,
+    "optimizer": "adamw", "mixup": 0.2, "cutmix": 1.0, "ema": 0.99, "tta_flip": True,
 }
 AUGMENT_CHANGES = {"crop_padding": 2, "flip": False, "cutout": 4, "brightness": 0.2, "contrast": 0.2}
 CANDIDATE_CHANGES = {"arch": "resnet18", "width": 0.5, "groups": 2, "depthwise": True,

@@ -1,0 +1,216 @@
+"""The recipe benchmark: how much accuracy one training epoch buys with each option of the trainer.
+
+ResNet20 (width 1.0), dense and one compressed configuration (ps 0.5, qw 8, qa 8), trained for ``epochs`` on the
+study's data (cifar10-dev.npz by default) with today's recipe (the study file's ``train``) and with each option
+alone; then, once every single option has run, with the combination of the options that beat today's recipe on
+both configurations. Each (recipe, configuration, seed) is a process of its own on one core, ``parallel`` at a
+time, recorded in ``runs/`` of the work folder (an interrupted benchmark goes on where it stopped).
+
+The table gives the validation accuracy (median, min, max over seeds), its change against today's recipe, the
+training throughput (images/s, median) and the first epoch at which the median curve reaches today's final median
+accuracy (within the same ``epochs``-long schedule; a shorter run has its own schedule and is not measured here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+# Each option alone, as overrides of today's train config. Values from the design documents where they give one
+# (seed 003: mixup, adam; seed 004: brightness and contrast jitter) and from airbench (alternating flips, EMA).
+OPTIONS: dict[str, dict] = {
+    "mixup": {"mixup": 0.2},
+    "cutmix": {"cutmix": 1.0},
+    "jitter": {"augment": {"brightness": 0.2, "contrast": 0.2}},
+    "adamw": {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.05},
+    "ema": {"ema": 0.99},
+    "alternate-flip": {"augment": {"flip": "alternate"}},
+    "tta-flip": {"tta_flip": True},
+}
+CONFIGS: dict[str, dict] = {
+    "dense": {},
+    "ps0.5-q8": {"ps": 0.5, "qw": 8, "qa": 8},
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: str = "studies/cifar10-dev.yaml"
+    epochs: int = 20
+    seeds: tuple[int, ...] = (0, 1, 2)
+    parallel: int = 2
+    width: float = 1.0
+    options: tuple[str, ...] = tuple(OPTIONS)
+    quick_data: dict | None = None
+
+
+QUICK = Plan(epochs=2, seeds=(0,), width=0.25, options=("mixup", "tta-flip"),
+             quick_data={"name": "digits", "subset": 300, "val_fraction": 0.2, "seed": 0})
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def recipe_overrides(name: str) -> dict:
+    """``today``, an option's name, or options joined by ``+``."""
+    out: dict = {}
+    if name == "today":
+        return out
+    for part in name.split("+"):
+        out = merge(out, OPTIONS[part])
+    return out
+
+
+def job(plan: Plan, recipe: str, config: str, seed: int, data_path: str | None) -> dict:
+    """Everything a run needs, as JSON for its process."""
+    raw = yaml.safe_load(Path(plan.study).read_text())
+    data = plan.quick_data or dict(raw["data"])
+    if plan.quick_data is None:
+        path = data_path or data.get("path")
+        if path is not None:
+            base = Path(plan.study).resolve().parent
+            candidates = [Path(path), base / path, base.parent / path]
+            data["path"] = str(next((c for c in candidates if c.exists()), Path(path)).resolve())
+    train = merge(raw.get("train", {}), {"epochs": plan.epochs, "seed": seed})
+    train = merge(train, recipe_overrides(recipe))
+    return {"recipe": recipe, "config": config, "seed": seed, "data": data, "train": train,
+            "compression": CONFIGS[config], "width": plan.width}
+
+
+def run_one(spec: dict) -> dict:
+    """Train one (recipe, configuration, seed) on one thread; its record."""
+    import torch
+
+    from search.candidate import Candidate, run_candidate
+    from search.compress.compression import Compression
+    from search.config import from_mapping
+    from search.data import DataConfig, load_data
+    from search.train import TrainConfig
+
+    torch.set_num_threads(1)
+    data = load_data(from_mapping(DataConfig, spec["data"], "data"))
+    cand = Candidate(arch="resnet20", width=spec["width"], compression=Compression(**spec["compression"]),
+                     train=from_mapping(TrainConfig, spec["train"], "train"))
+    t0 = time.perf_counter()
+    result = run_candidate(cand, data)
+    return {**{k: spec[k] for k in ("recipe", "config", "seed")}, "val_accuracy": result.val_accuracy,
+            "curve": [r.val_accuracy for r in result.history], "images_per_s": result.train_images_per_s,
+            "wall_s": time.perf_counter() - t0}
+
+
+def record_path(work: Path, recipe: str, config: str, seed: int) -> Path:
+    return work / "runs" / f"{recipe}-{config}-s{seed}.json"
+
+
+def run_jobs(plan: Plan, recipes: list[str], work: Path, data_path: str | None, say) -> None:
+    """Every (recipe, configuration, seed) of ``recipes`` not recorded yet, ``plan.parallel`` at a time."""
+    (work / "runs").mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    todo = [(r, c, s) for s in plan.seeds for r in recipes for c in CONFIGS
+            if not record_path(work, r, c, s).exists()]
+    running: list[tuple[tuple, subprocess.Popen]] = []
+    while todo or running:
+        while todo and len(running) < plan.parallel:
+            key = todo.pop(0)
+            spec = job(plan, *key, data_path)
+            log = open(work / "logs" / f"{key[0]}-{key[1]}-s{key[2]}.log", "w")
+            env = {**os.environ, "MICRONET_THREADS": "1", "OMP_NUM_THREADS": "1"}
+            proc = subprocess.Popen([sys.executable, "-m", "search.bench.recipe", json.dumps(spec),
+                                     str(record_path(work, *key))], stdout=log, stderr=log, env=env)
+            running.append((key, proc))
+            say(f"started {key[0]} {key[1]} seed {key[2]}")
+        time.sleep(0.5)
+        for item in list(running):
+            key, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the run {key[0]} {key[1]} seed {key[2]} failed (exit code {proc.returncode}); "
+                                   f"see {work / 'logs' / f'{key[0]}-{key[1]}-s{key[2]}.log'}")
+            r = json.loads(record_path(work, *key).read_text())
+            say(f"finished {key[0]} {key[1]} seed {key[2]}: {r['val_accuracy']:.4f}")
+
+
+def load(work: Path, recipes: list[str], plan: Plan) -> list[dict]:
+    return [json.loads(record_path(work, r, c, s).read_text()) for r in recipes for c in CONFIGS for s in plan.seeds]
+
+
+def best_combination(records: list[dict], options: tuple[str, ...]) -> str | None:
+    """The options whose median accuracy beats today's on every configuration, joined by ``+`` (None: none does,
+    or only one: it is measured already)."""
+    def median(recipe, config):
+        return statistics.median(r["val_accuracy"] for r in records if r["recipe"] == recipe and r["config"] == config)
+
+    winners = [o for o in options if all(median(o, c) > median("today", c) for c in CONFIGS)]
+    return "+".join(winners) if len(winners) > 1 else None
+
+
+def summarize(records: list[dict], recipes: list[str]) -> list[dict]:
+    rows = []
+    for config in CONFIGS:
+        today = [r for r in records if r["recipe"] == "today" and r["config"] == config]
+        today_final = statistics.median(r["val_accuracy"] for r in today)
+        for recipe in recipes:
+            runs = [r for r in records if r["recipe"] == recipe and r["config"] == config]
+            accs = [r["val_accuracy"] for r in runs]
+            curve = [statistics.median(c) for c in zip(*(r["curve"] for r in runs), strict=True)]
+            reach = next((i + 1 for i, a in enumerate(curve) if a >= today_final), None)
+            rows.append({"config": config, "recipe": recipe, "median": statistics.median(accs), "min": min(accs),
+                         "max": max(accs), "gain": statistics.median(accs) - today_final,
+                         "images_per_s": statistics.median(r["images_per_s"] for r in runs),
+                         "images_per_s_ratio": statistics.median(r["images_per_s"] for r in runs)
+                         / statistics.median(r["images_per_s"] for r in today),
+                         "reach_epoch": reach, "epochs": len(curve)})
+    return rows
+
+
+def markdown(rows: list[dict], plan: Plan, machine: str, command: str, minutes: float) -> str:
+    data = plan.quick_data["name"] if plan.quick_data else "cifar10-dev"
+    lines = [f"## Training recipes: accuracy per epoch on {data}",
+             "", f"Machine: {machine}. Command: `{command}`. The whole run took {minutes:.0f} min.",
+             f"ResNet20 width {plan.width:g}, {plan.epochs} epochs, {len(plan.seeds)} seeds, one core per run; the "
+             f"train config of `{plan.study}` is today's recipe. Validation accuracy: median (min–max) over seeds. "
+             "Reaches today: the first epoch at which the recipe's median curve reaches today's final median "
+             "(within the same schedule).", "",
+             "| config | recipe | val accuracy | change | images/s | × today's | reaches today |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        reach = f"epoch {r['reach_epoch']} of {r['epochs']}" if r["reach_epoch"] else "no"
+        lines.append(f"| {r['config']} | {r['recipe']} | {r['median']:.4f} ({r['min']:.4f}–{r['max']:.4f}) | "
+                     f"{100 * r['gain']:+.1f} pt | {r['images_per_s']:.0f} | {r['images_per_s_ratio']:.2f} | "
+                     f"{reach} |")
+    lines += ["", "Options: " + "; ".join(f"`{k}` {json.dumps(v)}" for k, v in OPTIONS.items()
+                                          if k in plan.options) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def run(plan: Plan, work: Path, data_path: str | None, say) -> tuple[list[dict], list[str]]:
+    """Today's recipe and each option, then the best combination; the records and the recipes run."""
+    recipes = ["today", *plan.options]
+    run_jobs(plan, recipes, work, data_path, say)
+    combo = best_combination(load(work, recipes, plan), plan.options)
+    if combo is not None:
+        recipes.append(combo)
+        run_jobs(plan, [combo], work, data_path, say)
+    return load(work, recipes, plan), recipes
+
+
+if __name__ == "__main__":  # one run, as a process of run_jobs: python -m search.bench.recipe SPEC_JSON OUT
+    spec, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+    record = run_one(spec)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(out)  # a run cut off leaves no record: it runs again
