@@ -86,7 +86,7 @@ class _Counter(TorchFunctionMode):
         out = func(*args, **kwargs)
         t = self.t
         if func in (F.conv2d, torch.conv2d):
-            x, w = args[0], args[1]
+            w = args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             self._dot(w, out.numel(), w[0].numel(), bias)
             self.conv_outputs[id(out)] = out
@@ -111,11 +111,7 @@ class _Counter(TorchFunctionMode):
             a, b = args[0], args[1]
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.numel() == b.numel() > 1:
                 t.adds += 32 * out.numel()
-        elif func is F.adaptive_avg_pool2d:
-            window = args[0].numel() // out.numel()
-            t.adds += 32 * (window - 1) * out.numel()
-            t.mults += t.act_bits * out.numel()
-        elif func in (F.avg_pool2d, torch._C._nn.avg_pool2d):
+        elif func in (F.adaptive_avg_pool2d, F.avg_pool2d, torch._C._nn.avg_pool2d):
             window = args[0].numel() // out.numel()
             t.adds += 32 * (window - 1) * out.numel()
             t.mults += t.act_bits * out.numel()
