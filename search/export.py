@@ -53,6 +53,8 @@ from search.data import DataConfig, Splits, load_data, normalize
 from search.errors import MicronetError
 from search.front import front_trials
 from search.models.flip import FlipAverage
+from search.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from search.objectives import Objectives
 from search.record import TrialRecord
 from search.score import ScoreReference, compute_score
 from search.train import evaluate, predict
@@ -91,45 +93,71 @@ class VerificationError(Exception):
 
 
 def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: float | None = None,
-                 knee: bool = False) -> FrozenTrial:
-    """The trial to export: exactly one of ``trial`` (a number), ``min_accuracy`` or ``knee``.
+                 knee: bool = False, max_latency_ms: float | None = None,
+                 mixed_hardware: bool = False) -> FrozenTrial:
+    """The trial to export: exactly one of ``trial`` (a number), bounds (``min_accuracy``, ``max_latency_ms``, one
+    or both) or ``knee``.
 
     - ``trial``: that trial, which must be complete with a checkpoint (it need not be on the front);
-    - ``min_accuracy``: the lowest-score front member whose validation accuracy is at least ``min_accuracy``;
+    - ``min_accuracy``: the front member with the lowest first cost (the score) whose validation accuracy is at
+      least ``min_accuracy`` (and whose latency is at most ``max_latency_ms``, if given);
+    - ``max_latency_ms`` alone: the most accurate front member whose measured latency is at most that;
     - ``knee``: the front's knee, see :func:`knee_trial`.
     """
-    if sum((trial is not None, min_accuracy is not None, bool(knee))) != 1:
-        raise ExportError("choose the trial with exactly one of --trial N, --min-accuracy A or --knee")
+    bounds = min_accuracy is not None or max_latency_ms is not None
+    if sum((trial is not None, bounds, bool(knee))) != 1:
+        raise ExportError("choose the trial with exactly one of --trial N, --knee, or bounds (--min-accuracy A, "
+                          "--max-latency-ms L, or both)")
     if trial is not None:
         return trial_with_checkpoint(study, trial)
-    front = _front(study)
+    front = _front(study, mixed_hardware)
+    objectives = Objectives.of_study(study)
     if knee:
-        return knee_trial(front)
-    if not 0 <= min_accuracy <= 1:
+        return knee_trial(front, objectives)
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise ExportError(f"--min-accuracy is a validation accuracy in [0, 1], got {min_accuracy:g}")
-    for t in front:  # sorted by score, lowest first
-        if t.values[0] >= min_accuracy:
-            return t
-    best = max(front, key=lambda t: (t.values[0], -t.values[1]))
-    raise ExportError(f"no Pareto-front member of study {study.study_name!r} reaches validation accuracy "
-                      f"{min_accuracy:g}; the best is {best.values[0]:.4f} (trial {best.number})")
+    if max_latency_ms is not None and objectives.get("latency") is None:
+        raise ExportError(f"--max-latency-ms: study {study.study_name!r} does not measure latency (its objectives: "
+                          f"{', '.join(objectives.names)}); add latency to the study file's objectives")
+    fits = [t for t in front  # sorted by the first cost, lowest first
+            if (min_accuracy is None or objectives.accuracy(t) >= min_accuracy)
+            and (max_latency_ms is None or objectives.value(t, "latency") <= max_latency_ms)]
+    if fits:
+        return fits[0] if min_accuracy is not None else max(fits, key=lambda t: (objectives.accuracy(t), -t.number))
+    if min_accuracy is not None and not any(objectives.accuracy(t) >= min_accuracy for t in front):
+        best = max(front, key=lambda t: (objectives.accuracy(t), -objectives.first_cost(t)))
+        raise ExportError(f"no Pareto-front member of study {study.study_name!r} reaches validation accuracy "
+                          f"{min_accuracy:g}; the best is {objectives.accuracy(best):.4f} (trial {best.number})")
+    fastest = min(front, key=lambda t: objectives.value(t, "latency"))
+    raise ExportError(f"no Pareto-front member of study {study.study_name!r} meets "
+                      f"{'validation accuracy ' + format(min_accuracy, 'g') + ' and ' if min_accuracy else ''}"
+                      f"latency {max_latency_ms:g} ms; the fastest takes {objectives.value(fastest, 'latency'):.3f} ms "
+                      f"(trial {fastest.number})")
 
 
-def knee_trial(front: Sequence[FrozenTrial]) -> FrozenTrial:
-    """The knee of a front of (accuracy, score) trials.
+def knee_trial(front: Sequence[FrozenTrial], objectives: Objectives | None = None) -> FrozenTrial:
+    """The knee of a front.
 
-    With three or more members both objectives are normalized over the front to [0, 1] and the knee is the member
-    farthest from the straight line between the two extreme members (the lowest and the highest score); a tie goes
-    to the lower score. With one or two members (or a front that is a straight line) there is no bend: the knee is
-    then the member with the most validation accuracy per unit of score (accuracy / score), the best balance of the
-    two; a zero score counts as infinitely efficient.
+    Two objectives (accuracy and a cost): with three or more members both are normalized over the front to [0, 1]
+    and the knee is the member farthest from the straight line between the two extreme members (the lowest and the
+    highest cost); a tie goes to the lower cost. With one or two members (or a front that is a straight line) there
+    is no bend: the knee is then the member with the most validation accuracy per unit of cost (accuracy / cost),
+    the best balance of the two; a zero cost counts as infinitely efficient.
+
+    More objectives: a line between two extremes has no N-D counterpart that keeps its meaning, so the knee is the
+    member closest (Euclidean) to the ideal point after each objective is normalized over the front to [0, 1], best
+    at 1 (compromise programming); ties go to the lower first cost.
     """
     if not front:
         raise ExportError("the Pareto front is empty: no completed trial yet")
-    members = sorted(front, key=lambda t: (t.values[1], -t.values[0], t.number))
+    objectives = objectives or Objectives.parse(DEFAULT_OBJECTIVES)
+    members = sorted(front, key=lambda t: (objectives.first_cost(t), -objectives.accuracy(t), t.number))
+    if len(objectives) > 2:
+        return _ideal_nearest(members, objectives)
+    cost = objectives.costs[0].name
     if len(members) >= 3:
-        acc = np.array([t.values[0] for t in members], dtype=np.float64)
-        score = np.array([t.values[1] for t in members], dtype=np.float64)
+        acc = np.array([objectives.accuracy(t) for t in members], dtype=np.float64)
+        score = np.array([objectives.value(t, cost) for t in members], dtype=np.float64)
         a = (acc - acc.min()) / (np.ptp(acc) or 1.0)
         s = (score - score.min()) / (np.ptp(score) or 1.0)
         (s0, a0), (s1, a1) = (s[0], a[0]), (s[-1], a[-1])
@@ -139,12 +167,20 @@ def knee_trial(front: Sequence[FrozenTrial]) -> FrozenTrial:
             best = int(np.argmax(distance))  # the first maximum: the lowest score among ties
             if distance[best] > 1e-12:
                 return members[best]
-    return max(members, key=lambda t: (_efficiency(t), -t.values[1], -t.number))
+    return max(members, key=lambda t: (_efficiency(objectives, t), -objectives.first_cost(t), -t.number))
 
 
-def _efficiency(t: FrozenTrial) -> float:
-    accuracy, score = t.values
-    return math.inf if score <= 0 else accuracy / score
+def _efficiency(objectives: Objectives, t: FrozenTrial) -> float:
+    accuracy, cost = objectives.accuracy(t), objectives.first_cost(t)
+    return math.inf if cost <= 0 else accuracy / cost
+
+
+def _ideal_nearest(members: list[FrozenTrial], objectives: Objectives) -> FrozenTrial:
+    goodness = np.array([[-x for x in objectives.loss(t.values)] for t in members], dtype=np.float64)
+    span = np.ptp(goodness, axis=0)
+    normalized = (goodness - goodness.min(axis=0)) / np.where(span > 0, span, 1.0)
+    distance = np.linalg.norm(1.0 - normalized, axis=1)
+    return members[int(np.argmin(distance))]  # the first minimum: members are sorted by the first cost
 
 
 def select_members(study: optuna.Study, trials: Sequence[int] | None = None, top_k: int | None = None
@@ -172,7 +208,8 @@ def select_members(study: optuna.Study, trials: Sequence[int] | None = None, top
         raise ExportError(f"--top-k {top_k}: the Pareto front of study {study.study_name!r} has only {len(front)} "
                           f"member{'s' if len(front) != 1 else ''} (trials "
                           f"{', '.join(str(t.number) for t in front)})")
-    ranked = sorted(front, key=lambda t: (-t.values[0], t.values[1], t.number))
+    objectives = Objectives.of_study(study)
+    ranked = sorted(front, key=lambda t: (-objectives.accuracy(t), objectives.first_cost(t), t.number))
     return [_require_checkpoint(t) for t in ranked[:top_k]]
 
 
@@ -196,8 +233,8 @@ def _require_checkpoint(t: FrozenTrial) -> FrozenTrial:
     return t
 
 
-def _front(study: optuna.Study) -> list[FrozenTrial]:
-    front = front_trials(study)
+def _front(study: optuna.Study, mixed_hardware: bool = False) -> list[FrozenTrial]:
+    front = front_trials(study, mixed_hardware)
     if not front:
         raise ExportError(f"study {study.study_name!r} has no Pareto front yet: no feasible completed trial")
     return front
@@ -429,7 +466,7 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
         "on_front": trial.number in {t.number for t in front_trials(study)},
         "candidate": meta["candidate"], "num_classes": meta["num_classes"],
         **_costs_card(study, trial, model),
-        "val_accuracy": trial.values[0], "test_accuracy": test_accuracy,
+        "val_accuracy": Objectives.of_study(study).accuracy(trial), "test_accuracy": test_accuracy,
         **_common_card(data_config, data, meta, formats, output="logits"),
     }
     if "onnx" in formats:
@@ -480,7 +517,7 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
     for t, (model, m_meta) in zip(members, loaded, strict=True):
         rows.append({
             "trial": t.number, "on_front": t.number in front, "candidate": m_meta["candidate"],
-            **_costs_card(study, t, model), "val_accuracy": t.values[0],
+            **_costs_card(study, t, model), "val_accuracy": Objectives.of_study(study).accuracy(t),
             "test_accuracy": evaluate(model, data.x_test, data.y_test, mean, std),
         })
     card = {
@@ -550,9 +587,13 @@ def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> di
             "pruning": {"ps": compression.ps, "pu": compression.pu},
             # the graph averages each image's logits with its mirror's: twice the MACs, counted in the score
             "test_time_flip": isinstance(model, FlipAverage),
-            "complexity": counts, "score": trial.values[1], "score_terms": None,
+            "complexity": counts, "score": a.course_score, "score_terms": None,
             "measured_score": a.measured_score, "measured_score_terms": None,
-            "score_reference": {"params": reference.params, "macs": reference.macs}}
+            "score_reference": {"params": reference.params, "macs": reference.macs},
+            "objectives": Objectives.of_study(study).values(trial)}  # the study's objectives, by name
+    if a.latency_target is not None:
+        card["latency"] = {"ms": card["objectives"].get("latency"), "target": a.latency_target,
+                           "hardware": a.latency_hardware}
     if counts["dense_params"] is not None and counts["dense_macs"] is not None:
         s = compute_score(counts["dense_params"], counts["dense_macs"], compression, reference)
         card["score_terms"] = {"param_term": s.param_term, "macs_term": s.macs_term}

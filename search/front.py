@@ -1,4 +1,4 @@
-"""The Pareto front of validation accuracy versus score: rows, hypervolume, plots."""
+"""The Pareto front of the study's objectives (validation accuracy against the costs): rows, hypervolume, plots."""
 
 from __future__ import annotations
 
@@ -8,25 +8,37 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import ConfigError
+from search.objectives import DEFAULT, Objectives, check_hardware
 from search.record import TrialRecord
+from search.stopping import dominates
 
-ROW_KEYS = ("trial", "val_accuracy", "score", "measured_score", "params", "macs", "compressed_params",
-            "compressed_macs", "nonzero_params", "arch", "width", "groups", "depthwise", "ps", "pu", "qw", "qa",
-            "kd_temperature", "epochs_run", "wall_s", "base_reused")
+__all__ = ["dominates", "front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row"]
+
+# the columns after the objectives' own (val_accuracy, score, ...: Objectives.metric_names)
+ROW_KEYS = ("trial", "measured_score", "params", "macs", "compressed_params", "compressed_macs", "nonzero_params",
+            "arch", "width", "groups", "depthwise", "ps", "pu", "qw", "qa", "kd_temperature", "epochs_run", "wall_s",
+            "base_reused")
 
 
-def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Non-dominated completed trials (feasible ones only when the study has an accuracy floor), by score."""
-    return sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number))
+def front_trials(study: optuna.Study, mixed_hardware: bool = False) -> list[FrozenTrial]:
+    """Non-dominated completed trials (feasible ones only when the study has an accuracy floor), by their first cost
+    (the score). A front of measured values (latency) from different hardware is refused unless ``mixed_hardware``."""
+    objectives = Objectives.of_study(study)
+    check_hardware(objectives, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), mixed_hardware)
+    return sorted(study.best_trials, key=lambda t: (objectives.first_cost(t), -objectives.accuracy(t), t.number))
 
 
-def row(t: FrozenTrial) -> dict:
+def row(t: FrozenTrial, objectives: Objectives | None = None) -> dict:
+    objectives = objectives or Objectives.parse(DEFAULT)
     a = TrialRecord.of(t)
     cand = a.candidate or {}
     comp = cand.get("compression", {})
     kd = cand.get("distillation") or {}
-    return {
-        "trial": t.number, "val_accuracy": t.values[0], "score": t.values[1],
+    out = {"trial": t.number}
+    out.update({m.metric_name: v for m, v in zip(objectives, t.values, strict=True)})
+    if any(m.when == "measured" for m in objectives):
+        out.update(latency_target=a.latency_target, latency_hardware=a.latency_hardware)
+    out.update({
         "measured_score": a.measured_score, "params": a.dense_params, "macs": a.dense_macs,
         "compressed_params": a.compressed_params, "compressed_macs": a.compressed_macs,
         "nonzero_params": a.nonzero_params, "arch": cand.get("arch"), "width": cand.get("width"),
@@ -34,45 +46,36 @@ def row(t: FrozenTrial) -> dict:
         "qw": comp.get("qw"), "qa": comp.get("qa"), "kd_temperature": kd.get("temperature"),
         "epochs_run": a.epochs_run, "wall_s": a.wall_s, "base_reused": a.base_reused,
         "checkpoint": a.checkpoint_artifact_id,
-    }
+    })
+    return out
 
 
-def front_rows(study: optuna.Study, min_accuracy: float | None = None) -> list[dict]:
-    rows = [row(t) for t in front_trials(study)]
+def front_rows(study: optuna.Study, min_accuracy: float | None = None, mixed_hardware: bool = False) -> list[dict]:
+    objectives = Objectives.of_study(study)
+    rows = [row(t, objectives) for t in front_trials(study, mixed_hardware)]
     if min_accuracy is not None:
         rows = [r for r in rows if r["val_accuracy"] >= min_accuracy]
     return rows
 
 
-def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """(accuracy, score) a dominates b: no worse in both, better in one."""
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
-
-
 def hypervolume(points: list[tuple[float, float]], reference_score: float, reference_accuracy: float = 0.0) -> float:
-    """Area dominated by (accuracy, score) points, bounded by the reference (accuracy, score) corner.
-
-    Two objectives need only a sweep over the points sorted by score; Optuna's own routine is private API.
-    """
-    pts = sorted((s, a) for a, s in points if s < reference_score and a > reference_accuracy)
-    area, best = 0.0, reference_accuracy
-    for i, (s, a) in enumerate(pts):
-        best = max(best, a)
-        right = pts[i + 1][0] if i + 1 < len(pts) else reference_score
-        area += (right - s) * (best - reference_accuracy)
-    return area
+    """Area dominated by (accuracy, score) points, bounded by the reference (accuracy, score) corner (the default
+    objectives; :meth:`Objectives.hypervolume` for any)."""
+    return Objectives.parse(DEFAULT).hypervolume(points, (reference_accuracy, reference_score))
 
 
-def hypervolume_history(study: optuna.Study, reference_score: float | None = None) -> list[tuple[int, float]]:
-    """(trial number, hypervolume of the completed feasible trials so far), one row per completed trial."""
+def hypervolume_history(study: optuna.Study, reference: tuple[float, ...] | None = None) -> list[tuple[int, float]]:
+    """(trial number, hypervolume of the completed feasible trials so far), one row per completed trial; the
+    reference is accuracy 0 and 1.1 × each cost's worst value unless given."""
+    objectives = Objectives.of_study(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _feasible(t)]
     if not done:
         return []
-    ref = reference_score if reference_score is not None else max(t.values[1] for t in done) * 1.1
+    ref = reference if reference is not None else objectives.reference(done)
     history, points = [], []
     for t in sorted(done, key=lambda t: t.number):
-        points.append((t.values[0], t.values[1]))
-        history.append((t.number, hypervolume(points, ref)))
+        points.append(t.values)
+        history.append((t.number, objectives.hypervolume(points, ref)))
     return history
 
 
@@ -80,40 +83,57 @@ def _feasible(t: FrozenTrial) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
 
-def plot(study: optuna.Study, path: str | Path) -> Path:
-    """All completed trials with the front highlighted, and the hypervolume history; PNG or HTML by extension."""
+def plot(study: optuna.Study, path: str | Path, mixed_hardware: bool = False) -> Path:
+    """All completed trials with the front highlighted, one panel per cost objective (accuracy against it), and the
+    hypervolume history; PNG or HTML by extension. With two objectives the front is drawn as a line; with more, a
+    front member may look dominated in one panel (it wins on another cost), so members are marked, not joined."""
     path = Path(path)
+    if path.suffix not in (".png", ".html", ".htm"):
+        raise ConfigError(f"--plot writes .png or .html files, got {path.name!r}")
+    objectives = Objectives.of_study(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = {t.number for t in front_trials(study)}
+    front = {t.number for t in front_trials(study, mixed_hardware)}
     history = hypervolume_history(study)
     others = [t for t in done if t.number not in front]
-    best = sorted((t for t in done if t.number in front), key=lambda t: t.values[1])
+    best = [t for t in done if t.number in front]
     title = f"study {study.study_name}: {len(done)} completed trials, {len(best)} on the front"
     if path.suffix == ".png":
-        _plot_png(path, others, best, history, title)
-    elif path.suffix in (".html", ".htm"):
-        _plot_html(path, others, best, history, title)
+        _plot_png(path, objectives, others, best, history, title)
     else:
-        raise ConfigError(f"--plot writes .png or .html files, got {path.name!r}")
+        _plot_html(path, objectives, others, best, history, title)
     return path
 
 
-def _plot_png(path, others, best, history, title):
+def _panels(objectives: Objectives, others, best):
+    """Per cost objective: (its Metric, [(x, y) of the other trials], [(x, y, number) of the front members, by x])."""
+    def xy(t):
+        return objectives.value(t, m.name), objectives.accuracy(t)
+
+    for m in objectives.costs:
+        yield m, [xy(t) for t in others], sorted((*xy(t), t.number) for t in best)
+
+
+def _plot_png(path, objectives, others, best, history, title):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, hv) = plt.subplots(1, 2, figsize=(12, 5))
-    ax.scatter([t.values[1] for t in others], [t.values[0] for t in others], c="0.6", s=18, label="trials")
-    ax.plot([t.values[1] for t in best], [t.values[0] for t in best], "o-", c="C3", label="Pareto front")
-    for t in best:
-        ax.annotate(str(t.number), (t.values[1], t.values[0]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("score (lower is better)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_xscale("log")
-    ax.legend()
-    ax.set_title(title, fontsize=10)
+    panels = list(_panels(objectives, others, best))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(6 * (len(panels) + 1), 5))
+    for ax, (m, rest, members) in zip(axes, panels, strict=False):
+        ax.scatter([x for x, _ in rest], [y for _, y in rest], c="0.6", s=18, label="trials")
+        ax.plot([x for x, _, _ in members], [y for _, y, _ in members], "o-" if len(objectives) == 2 else "o",
+                c="C3", label="Pareto front")
+        for x, y, n in members:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(m.label)
+        ax.set_ylabel("validation accuracy")
+        if m.log_axis:
+            ax.set_xscale("log")
+        ax.legend()
+    axes[0].set_title(title, fontsize=10)
+    hv = axes[-1]
     hv.plot([n for n, _ in history], [h for _, h in history], "-", c="C0")
     hv.set_xlabel("trial")
     hv.set_ylabel("hypervolume")
@@ -123,20 +143,24 @@ def _plot_png(path, others, best, history, title):
     plt.close(fig)
 
 
-def _plot_html(path, others, best, history, title):
+def _plot_html(path, objectives, others, best, history, title):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(title, "hypervolume history"))
-    fig.add_trace(go.Scatter(x=[t.values[1] for t in others], y=[t.values[0] for t in others], mode="markers",
-                             name="trials", text=[f"trial {t.number}" for t in others],
-                             marker={"color": "gray"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=[t.values[1] for t in best], y=[t.values[0] for t in best], mode="lines+markers",
-                             name="Pareto front", text=[f"trial {t.number}" for t in best],
-                             marker={"color": "crimson"}), row=1, col=1)
+    panels = list(_panels(objectives, others, best))
+    titles = [title] + [f"accuracy against {m.name}" for m, _, _ in panels[1:]] + ["hypervolume history"]
+    fig = make_subplots(rows=1, cols=len(panels) + 1, subplot_titles=titles)
+    for col, (m, rest, members) in enumerate(panels, start=1):
+        fig.add_trace(go.Scatter(x=[x for x, _ in rest], y=[y for _, y in rest], mode="markers", name="trials",
+                                 marker={"color": "gray"}, showlegend=col == 1), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[x for x, _, _ in members], y=[y for _, y, _ in members],
+                                 mode="lines+markers" if len(objectives) == 2 else "markers", name="Pareto front",
+                                 text=[f"trial {n}" for _, _, n in members], marker={"color": "crimson"},
+                                 showlegend=col == 1), row=1, col=col)
+        fig.update_xaxes(title_text=m.label, type="log" if m.log_axis else "linear", row=1, col=col)
+        fig.update_yaxes(title_text="validation accuracy", row=1, col=col)
+    col = len(panels) + 1
     fig.add_trace(go.Scatter(x=[n for n, _ in history], y=[h for _, h in history], mode="lines",
-                             name="hypervolume"), row=1, col=2)
-    fig.update_xaxes(title_text="score (lower is better)", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
-    fig.update_xaxes(title_text="trial", row=1, col=2)
+                             name="hypervolume"), row=1, col=col)
+    fig.update_xaxes(title_text="trial", row=1, col=col)
     fig.write_html(str(path), include_plotlyjs=True)

@@ -7,6 +7,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from search.checkpoint import save_candidate_checkpoint
 from search.data import Splits
 from search.errors import ConfigError
 from search.locks import study_lock
+from search.objectives import Objectives, Subject
 from search.record import TrialRecord
 from search.stopping import EarlyStopper, Finished
 from search.study import LoadedStudy, candidate_from
@@ -31,11 +33,13 @@ ACCURACY_FLOOR = "accuracy_floor"
 
 
 class Objective:
-    """The study's objective: returns (validation accuracy, score) or raises ``optuna.TrialPruned``."""
+    """The study's objective: returns the values of the study's objectives (:mod:`search.objectives`; validation
+    accuracy and score by default) or raises ``optuna.TrialPruned``."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
                  artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None):
         self.loaded, self.config, self.space = loaded, loaded.config, loaded.space
+        self.objectives = loaded.config.objective_list
         self.data, self.teacher, self.artifact_store, self.stopper = data, teacher, artifact_store, stopper
         self.on_epoch = on_epoch  # progress display: (trial number, EpochReport)
         self.on_start = on_start  # called once the trial is sampled and checked for twins (releases the claim)
@@ -75,19 +79,22 @@ class Objective:
             if candidate.distillation is not None and self.teacher is None:
                 raise ConfigError("distillation sampled but the study has no teacher")
             cost = costs(candidate, self.data.num_classes, self.config.reference, tuple(self.data.x_train.shape[1:]))
+            subject = Subject(candidate, cost, self.data.num_classes, tuple(self.data.x_train.shape[1:]),
+                              device=self.data.device)
+            before = {m.name: m.compute(subject) for m in self.objectives.before}
         except ConfigError as e:
             _prune(trial, f"cannot build this candidate: {e}")
-        score = cost.course_score.total
+        rank_costs = self.objectives.stop_costs(before)
         record.write(trial, candidate=candidate.to_dict())
         record.write(
             trial,
             dense_params=cost.dense.params, dense_macs=cost.dense.macs,
             compressed_params=cost.compressed.params, compressed_macs=cost.compressed.macs,
-            nonzero_params=cost.compressed.nonzero_params, course_score=score,
+            nonzero_params=cost.compressed.nonzero_params, course_score=cost.course_score.total,
             measured_score=cost.measured_score.total, device=str(self.data.device),
-            dense_epochs=candidate.dense_epochs,
+            dense_epochs=candidate.dense_epochs, before_values=before,
         )
-        reason = self._dominated_before_training(trial, score) or self._predicted_too_long(trial, candidate, cost)
+        reason = self._dominated_before_training(trial, rank_costs) or self._predicted_too_long(trial, candidate, cost)
         if reason:
             _prune(trial, reason)
 
@@ -114,7 +121,7 @@ class Objective:
             # network's, the same for every candidate on that base, so a rung there would rank siblings by score
             # alone and stop the lightly compressed ones before they show what they do.
             if report.epoch < report.epochs and report.images_per_s > 0:
-                why = self.stopper.should_stop(report.epoch, report.val_accuracy, score,
+                why = self.stopper.should_stop(report.epoch, report.val_accuracy, rank_costs,
                                                _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
             if report.images_per_s > 0:  # trained here, not replayed from a reused base
                 trained[0] += 1
@@ -156,8 +163,24 @@ class Objective:
         )
         if self.config.accuracy_floor is not None:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
+        values = self._values(trial, result, before, replace(subject, model=result.model))
         self._save_checkpoint(trial, candidate, result)
-        return result.val_accuracy, score
+        return values
+
+    def _values(self, trial, result, before: dict[str, float], subject: Subject) -> tuple[float, ...]:
+        """The trial's values in the order of the study's objectives; measured ones are timed now and recorded with
+        their target and hardware."""
+        values = []
+        for m in self.objectives:
+            if m.when == "training":
+                values.append(result.val_accuracy)
+            elif m.when == "before":
+                values.append(before[m.name])
+            else:
+                value, extra = m.record(subject)
+                record.write(trial, **extra)
+                values.append(value)
+        return tuple(values)
 
     def _base(self, trial, candidate: Candidate) -> Base | None:
         """With ``reuse_bases``, the shared dense phase of ``candidate`` (:mod:`search.bases`); records
@@ -226,15 +249,16 @@ class Objective:
     def _finished(self, trial) -> list[Finished]:
         """The rivals the stopper compares ``trial`` with: the complete trials, or for a stopper that sees "all"
         every other trial with a learning curve (complete, stopped early, running)."""
-        if self.stopper.sees != "all":
-            done = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            return [Finished(t.values[1], dict(t.intermediate_values), TrialRecord.of(t).dense_epochs) for t in done]
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        return [Finished(t.values[1] if t.state == TrialState.COMPLETE else TrialRecord.of(t).course_score,
-                         dict(t.intermediate_values), TrialRecord.of(t).dense_epochs)
-                for t in trial.study.get_trials(deepcopy=False, states=states)
-                if t.number != trial.number and t.intermediate_values
-                and (t.state == TrialState.COMPLETE or record.has(t, "course_score"))]
+        states = (TrialState.COMPLETE,) if self.stopper.sees != "all" else (
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        out = []
+        for t in trial.study.get_trials(deepcopy=False, states=states):
+            if t.number == trial.number or (self.stopper.sees == "all" and not t.intermediate_values):
+                continue
+            costs = self.objectives.stop_costs(known_before(self.objectives, t))
+            if costs is not None:
+                out.append(Finished(costs, dict(t.intermediate_values), TrialRecord.of(t).dense_epochs))
+        return out
 
     def _predicted_too_long(self, trial, candidate: Candidate, cost) -> str | None:
         """With ``max_trial_seconds``: the reason not to start a candidate whose training time, predicted from its
@@ -270,14 +294,20 @@ class Objective:
         return (f"projected to train for {projected:.0f} s ({seconds:.0f} s for its first {trained} epoch(s) of "
                 f"{report.epochs}), over max_trial_seconds {cap:g}")
 
-    def _dominated_before_training(self, trial, score: float) -> str | None:
+    def _dominated_before_training(self, trial, costs: tuple[float, ...] | None) -> str | None:
+        """Why a candidate cannot enter the front before it trains: a finished trial has every cost no worse and at
+        least ``skip_accuracy``. Only when every cost is known before training (a measured latency may still win)."""
         stopper = self.config.stopper
-        if not stopper.skip_dominated:
+        if not stopper.skip_dominated or costs is None or any(m.when != "before" for m in self.objectives.costs):
             return None
         for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.values[1] <= score and t.values[0] >= stopper.skip_accuracy:
-                return (f"cannot enter the front: trial {t.number} has score {t.values[1]:.4g} <= {score:.4g} "
-                        f"and accuracy {t.values[0]:.4f} >= {stopper.skip_accuracy:g}")
+            theirs = self.objectives.stop_costs(known_before(self.objectives, t))
+            accuracy = self.objectives.accuracy(t)
+            if all(x <= y for x, y in zip(theirs, costs, strict=True)) and accuracy >= stopper.skip_accuracy:
+                shown = ", ".join(f"{m.name} {a:.4g} <= {b:.4g}" for m, a, b in zip(self.objectives.before, theirs,
+                                                                                     costs, strict=True))
+                return (f"cannot enter the front: trial {t.number} has {shown} and accuracy {accuracy:.4f} >= "
+                        f"{stopper.skip_accuracy:g}")
         return None
 
     def _save_checkpoint(self, trial, candidate: Candidate, result) -> None:
@@ -288,6 +318,14 @@ class Objective:
             artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
                                                            study_or_trial=trial, mimetype="application/octet-stream")
         record.write(trial, checkpoint_artifact_id=artifact_id)
+
+
+def known_before(objectives: Objectives, t) -> dict[str, float]:
+    """A trial's before-training values: from its values when complete, else from its record."""
+    if t.state == TrialState.COMPLETE:
+        return {m.name: objectives.value(t, m.name) for m in objectives.before}
+    r = TrialRecord.of(t)
+    return objectives.before_values(r.before_values, r.course_score)
 
 
 def _duplicate_of(trial) -> str | None:

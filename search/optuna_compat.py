@@ -1,10 +1,11 @@
 """Every use of an Optuna internal, in one place (each has a test in tests/test_optuna_compat.py).
 
-Optuna's public API does not give these, and the workers need them: a trial's storage id (to end or re-queue a
-trial that a Ctrl-C interrupted before the objective started), the study's storage (to write trial state), the
-random states inside a sampler (to seed them per trial), the cache Optuna puts around an RDB storage and the
-heartbeat interface (the outage-tolerant storage wraps both), and TPE's ranking of pruned trials by a single
-direction. An Optuna upgrade that moves one of them breaks this module and its test, visibly, and nothing else.
+Optuna's public API does not give these, and the workers need them: a trial's storage id (to end or re-queue a trial
+that a Ctrl-C interrupted before the objective started), the study's storage (to write trial state), the random
+states inside a sampler (to seed them per trial), the cache Optuna puts around an RDB storage and the heartbeat
+interface (the outage-tolerant storage wraps both), and TPE's ranking of pruned trials by a single direction, and
+its exact hypervolume in any dimension. An Optuna upgrade that moves one of them breaks this module and its test,
+visibly, and nothing else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 
-__all__ = ["BaseHeartbeat", "FirstDirection", "cached_storage", "random_states", "storage_of", "trial_id"]
+__all__ = ["BaseHeartbeat", "FirstDirection", "cached_storage", "hypervolume", "random_states", "storage_of",
+           "trial_id"]
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
@@ -30,6 +32,14 @@ def storage_of(study: optuna.Study) -> BaseStorage:
 def cached_storage(storage: BaseStorage) -> BaseStorage:
     """The cache Optuna itself puts around an RDBStorage when given a URL (``optuna.storages.get_storage``)."""
     return optuna.storages._CachedStorage(storage)
+
+
+def hypervolume(losses, reference) -> float:
+    """The exact hypervolume of ``losses`` (n × m, every objective minimized) up to ``reference`` (m), in any
+    dimension (WFG from 3 on): Optuna's own routine, which its public API reaches only through plots."""
+    from optuna._hypervolume import compute_hypervolume
+
+    return compute_hypervolume(losses, reference)
 
 
 def random_states(sampler) -> list:

@@ -26,6 +26,9 @@ class TrialRecord:
     course_score: float | None = None      # the study's score objective, also on trials stopped early
     measured_score: float | None = None
     dense_epochs: int | None = None        # the epoch it was compressed after (stoppers compare like with like)
+    before_values: dict | None = None      # the objectives known before training, by name (search.objectives)
+    latency_target: str | None = None      # a measured latency: what was timed, how
+    latency_hardware: str | None = None    # ... and on which hardware
     # training
     epochs_run: int | None = None
     wall_s: float | None = None

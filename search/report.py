@@ -18,11 +18,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.front import front_trials, hypervolume_history
+from search.objectives import Objectives
 from search.record import TrialRecord
 
 STATE_COLOURS = {"COMPLETE": "#2a9d3f", "PRUNED": "#e08a00", "FAIL": "#c62828", "RUNNING": "#1f6fd1",
                  "WAITING": "#888888"}
-OBJECTIVES = ("validation accuracy", "score")
 IMPORTANCE_SEED = 0  # fANOVA's forest is random: a fixed seed makes the page and a direct computation agree
 
 
@@ -32,7 +32,7 @@ class Report:
     made: str
     counts: dict[str, int]
     accuracy_floor: float | None
-    trials: list[dict]                 # one row per trial (all states)
+    trials: list[dict]                 # one row per trial (all states); "values" in the objectives' order
     front: list[int]                   # trial numbers of the Pareto front
     hypervolume: list[tuple[int, float]]
     importance: dict[str, dict[str, float]] = field(default_factory=dict)  # objective -> param -> importance
@@ -40,6 +40,15 @@ class Report:
     epochs_requested: int = 0
     epochs_run: int = 0
     epochs_reused: int = 0
+    objectives: list[dict] = field(default_factory=list)  # name, label, fmt of each, in the order of the values
+
+    def index(self, name: str) -> int:
+        return next(i for i, o in enumerate(self.objectives) if o["name"] == name)
+
+    @property
+    def cost(self) -> dict:
+        """The first cost objective (the score by default): the front figure's horizontal axis."""
+        return next(o for o in self.objectives if o["name"] != "accuracy")
 
 
 def build(study: optuna.Study) -> Report:
@@ -48,6 +57,7 @@ def build(study: optuna.Study) -> Report:
     config = study.user_attrs.get("micronet_config") or {}
     floor = config.get("accuracy_floor")
     requested_default = (config.get("train") or {}).get("epochs")
+    objectives = Objectives.of_study(study)
     rows = [_row(t, requested_default) for t in trials]
     finished = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     report = Report(
@@ -55,6 +65,7 @@ def build(study: optuna.Study) -> Report:
         counts={s.name: sum(t.state == s for t in trials) for s in TrialState},
         accuracy_floor=floor, trials=rows, front=[t.number for t in front_trials(study)],
         hypervolume=hypervolume_history(study),
+        objectives=[{"name": m.name, "label": m.label, "fmt": m.fmt, "log": m.log_axis} for m in objectives],
         epochs_requested=sum(r["epochs_requested"] or 0 for r in finished),
         epochs_run=sum(r["epochs_trained"] for r in finished),
         epochs_reused=sum(r["epochs_reused"] for r in finished),
@@ -64,16 +75,18 @@ def build(study: optuna.Study) -> Report:
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str | None]:
-    """fANOVA importance of the parameters for each objective separately (``target=``), over completed trials."""
+    """fANOVA importance of the parameters for each objective separately (``target=``), over completed trials;
+    keyed by the objective's name."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
         return {}, f"parameter importance needs at least 2 completed trials; the study has {len(complete)}"
     out = {}
-    for i, name in enumerate(OBJECTIVES):
+    objectives = Objectives.of_study(study)
+    for m in objectives:
         try:
-            out[name] = optuna.importance.get_param_importances(
+            out[m.name] = optuna.importance.get_param_importances(
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED),
-                target=lambda t, i=i: t.values[i])
+                target=lambda t, name=m.name: objectives.value(t, name))
         except (RuntimeError, ValueError) as e:  # e.g. no parameter varied over the completed trials
             return {}, f"parameter importance could not be computed: {e}"
     return out, None
@@ -115,7 +128,9 @@ def to_html(report: Report) -> str:
     """One self-contained page: plotly.js is inlined once, every figure is a div with a stable id."""
     figures = [("front", _front_figure(report)), ("hypervolume", _hv_figure(report)),
                ("curves", _curves_figure(report))]
-    figures += [(importance_id(name), _importance_figure(name, imp)) for name, imp in report.importance.items()]
+    labels = {o["name"]: o["label"] for o in report.objectives}
+    figures += [(importance_id(name), _importance_figure(labels.get(name, name), imp))
+                for name, imp in report.importance.items()]
     divs = {}
     for i, (div_id, fig) in enumerate(figures):
         divs[div_id] = fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=div_id,
@@ -146,8 +161,8 @@ td.l,th.l{{text-align:left}}.grid{{display:grid;grid-template-columns:1fr 1fr;ga
 
 
 def importance_id(objective: str) -> str:
-    """The div id of an objective's importance plot: importance-accuracy, importance-score."""
-    return "importance-" + ("accuracy" if objective.startswith("validation") else objective)
+    """The div id of an objective's importance plot (by its name): importance-accuracy, importance-score."""
+    return f"importance-{objective}"
 
 
 def _front_figure(report: Report):
@@ -155,20 +170,23 @@ def _front_figure(report: Report):
 
     front = set(report.front)
     done = [r for r in report.trials if r["state"] == "COMPLETE"]
+    acc, cost = report.index("accuracy"), report.index(report.cost["name"])
+    line = "lines+markers" if len(report.objectives) == 2 else "markers"  # more costs: a projection, not a line
     fig = go.Figure()
     for name, rows, style in (("trials", [r for r in done if r["number"] not in front], {"color": "#999"}),
                               ("Pareto front", sorted((r for r in done if r["number"] in front),
-                                                      key=lambda r: r["values"][1]), {"color": "crimson", "size": 9})):
+                                                      key=lambda r: r["values"][cost]),
+                               {"color": "crimson", "size": 9})):
         fig.add_trace(go.Scatter(
-            x=[r["values"][1] for r in rows], y=[r["values"][0] for r in rows], name=name,
-            mode="markers" if name == "trials" else "lines+markers", marker=style,
+            x=[r["values"][cost] for r in rows], y=[r["values"][acc] for r in rows], name=name,
+            mode="markers" if name == "trials" else line, marker=style,
             customdata=[r["number"] for r in rows],
             text=[f"trial {r['number']}<br>{r['candidate']}" for r in rows],
-            hovertemplate="%{text}<br>accuracy %{y:.4f}<br>score %{x:.4g}<extra></extra>"))
+            hovertemplate=f"%{{text}}<br>accuracy %{{y:.4f}}<br>{report.cost['name']} %{{x:.4g}}<extra></extra>"))
     if report.accuracy_floor is not None:
         fig.add_hline(y=report.accuracy_floor, line_dash="dash", line_color="#555",
                       annotation_text=f"accuracy floor {report.accuracy_floor:g}")
-    fig.update_xaxes(title_text="score (lower is better)", type="log")
+    fig.update_xaxes(title_text=report.cost["label"], type="log" if report.cost["log"] else "linear")
     fig.update_yaxes(title_text="validation accuracy")
     fig.update_layout(height=460, margin={"t": 30})
     return fig
@@ -249,12 +267,21 @@ def _trials_table(report: Report) -> str:
 
     body = "".join(
         f"<tr><td>{r['number']}</td><td class='l'>{r['state'].lower()}</td>"
-        f"<td>{num(r['values'][0] if r['values'] else None, '.4f')}</td>"
-        f"<td>{num(r['values'][1] if r['values'] else None, '.4g')}</td><td>{len(r['curve'])}</td>"
+        + "".join(f"<td>{num(v, f)}</td>" for v, f in zip(_values(report, r), _formats(report), strict=True))
+        + f"<td>{len(r['curve'])}</td>"
         f"<td>{num(r['wall_s'], '.0f')}</td><td class='l'>{html.escape(r['candidate'])}</td></tr>"
         for r in report.trials)
-    return (f"<table id='trials'><tr><th>trial</th><th class='l'>state</th><th>accuracy</th><th>score</th>"
+    heads = "".join(f"<th>{html.escape(o['name'])}</th>" for o in report.objectives)
+    return (f"<table id='trials'><tr><th>trial</th><th class='l'>state</th>{heads}"
             f"<th>epochs</th><th>time s</th><th class='l'>candidate</th></tr>{body}</table>")
+
+
+def _values(report: Report, r: dict) -> list:
+    return list(r["values"]) if r["values"] else [None] * len(report.objectives)
+
+
+def _formats(report: Report) -> list[str]:
+    return [".4f" if o["name"] == "accuracy" else ".4g" for o in report.objectives]
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------------
@@ -264,11 +291,13 @@ def to_markdown(report: Report) -> str:
     lines = [f"# Study {report.study}", "",
              f"{c.get('COMPLETE', 0)} complete, {c.get('PRUNED', 0)} stopped or refused, {c.get('FAIL', 0)} failed, "
              f"{c.get('RUNNING', 0)} running. Report made {report.made}.", "", "## Pareto front", "",
-             "| trial | accuracy | score | epochs | time s | candidate |", "|---:|---:|---:|---:|---:|---|"]
+             "| trial | " + " | ".join(o["name"] for o in report.objectives) + " | epochs | time s | candidate |",
+             "|---:|" + "---:|" * len(report.objectives) + "---:|---:|---|"]
     by_number = {r["number"]: r for r in report.trials}
     for n in report.front:
         r = by_number[n]
-        lines.append(f"| {n} | {r['values'][0]:.4f} | {r['values'][1]:.4g} | {len(r['curve'])} | "
+        shown = " | ".join(format(v, f) for v, f in zip(r["values"], _formats(report), strict=True))
+        lines.append(f"| {n} | {shown} | {len(r['curve'])} | "
                      f"{'' if r['wall_s'] is None else format(r['wall_s'], '.0f')} | {r['candidate']} |")
     if report.hypervolume:
         lines += ["", f"Hypervolume after trial {report.hypervolume[-1][0]}: {report.hypervolume[-1][1]:.5g}."]

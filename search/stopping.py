@@ -1,7 +1,8 @@
 """Early stopping for a multi-objective study (Optuna's ``Trial.report`` / ``should_prune`` refuse several objectives).
 
-A stopper looks at the trial's validation accuracy at epoch k, its score (known before training), and the learning
-curves of the finished trials, and returns the reason to stop it, or None to go on.
+A stopper looks at the trial's validation accuracy at epoch k, its costs (the objectives known before training, each
+to minimize: the score by default, :mod:`search.objectives`), and the learning curves of the finished trials, and
+returns the reason to stop it, or None to go on. A single cost may be given as a number.
 """
 
 from __future__ import annotations
@@ -13,17 +14,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.errors import ConfigError
-from search.front import dominates
+
+
+def as_costs(costs) -> tuple[float, ...]:
+    """One cost (a number) or several (a sequence), as a tuple."""
+    return (float(costs),) if isinstance(costs, (int, float)) else tuple(costs)
+
+
+def dominates(a, b) -> bool:
+    """(accuracy, cost, ...) a dominates b: accuracy no lower, every cost no higher, and better in one."""
+    return a[0] >= b[0] and all(x <= y for x, y in zip(a[1:], b[1:], strict=True)) and tuple(a) != tuple(b)
+
+
+def _show(costs: tuple[float, ...]) -> str:
+    return ", ".join(f"{c:.4g}" for c in costs)
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A completed trial as the stopper sees it: its score, validation accuracy per epoch (1-based) and the epoch
-    it was compressed after (``dense_epochs``; None when unknown)."""
+    """A completed trial as the stopper sees it: its costs (a number or a tuple, see the module), validation
+    accuracy per epoch (1-based) and the epoch it was compressed after (``dense_epochs``; None when unknown)."""
 
-    score: float
+    costs: float | tuple[float, ...]
     curve: dict[int, float]
     dense_epochs: int | None = None
+
+    @property
+    def cost(self) -> tuple[float, ...]:
+        return as_costs(self.costs)
 
     @property
     def final(self) -> float:
@@ -47,15 +65,15 @@ class EarlyStopper(ABC):
     sees = "complete"
 
     @abstractmethod
-    def should_stop(self, epoch: int, accuracy: float, score: float, finished: list[Finished],
+    def should_stop(self, epoch: int, accuracy: float, costs, finished: list[Finished],
                     dense_epochs: int | None = None) -> str | None:
-        """The reason to stop a trial of ``score`` at ``epoch`` with ``accuracy``, or None to let it run.
+        """The reason to stop a trial of ``costs`` at ``epoch`` with ``accuracy``, or None to let it run.
         ``dense_epochs``: the epoch the trial is compressed after, so that rivals are compared like with like
         (:meth:`Finished.like`)."""
 
 
 class NoStopper(EarlyStopper):
-    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+    def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
         return None
 
 
@@ -63,8 +81,8 @@ class NoStopper(EarlyStopper):
 class ParetoStopper(EarlyStopper):
     """Stop a trial that the finished trials which would dominate it are clearly beating.
 
-    At epoch k (from ``warmup_epochs`` on), the trials that could dominate this one are the finished ones with a
-    score no worse (≤). If at least ``min_trials`` of them reached epoch k and this trial's accuracy is below the
+    At epoch k (from ``warmup_epochs`` on), the trials that could dominate this one are the finished ones with
+    every cost no worse (≤). If at least ``min_trials`` of them reached epoch k and this trial's accuracy is below the
     ``percentile`` of theirs at k, it is unlikely to end up non-dominated: stop it. With an ``accuracy_floor``, a
     trial is also stopped when even the largest gain any finished trial made from epoch k to its end would leave it
     below the floor.
@@ -84,15 +102,17 @@ class ParetoStopper(EarlyStopper):
                 or not 0 <= self.percentile <= 100:
             raise ConfigError(f"stopper percentile must be in [0, 100], got {self.percentile!r}")
 
-    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+    def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
         if epoch < self.warmup_epochs:
             return None
-        rivals = [a for f in finished if f.score <= score and (a := f.like(epoch, dense_epochs)) is not None]
+        costs = as_costs(costs)
+        rivals = [a for f in finished if all(x <= y for x, y in zip(f.cost, costs, strict=True))
+                  and (a := f.like(epoch, dense_epochs)) is not None]
         if len(rivals) >= self.min_trials:
             bar = float(np.percentile(rivals, self.percentile))
             if accuracy < bar:
                 return (f"epoch {epoch}: validation accuracy {accuracy:.4f} is below the {self.percentile:g}th "
-                        f"percentile {bar:.4f} of {len(rivals)} finished trials with score <= {score:.4g}")
+                        f"percentile {bar:.4f} of {len(rivals)} finished trials with costs <= {_show(costs)}")
         if self.accuracy_floor is not None:
             gains = [f.final - f.curve[epoch] for f in finished if epoch in f.curve]
             if len(gains) >= self.min_trials and accuracy + max(gains) < self.accuracy_floor:
@@ -106,12 +126,12 @@ class MOASHAStopper(EarlyStopper):
     """Asynchronous successive halving for several objectives (MO-ASHA, Schmucker et al. 2021), stopping variant.
 
     Rungs lie at epochs ``min_epochs · reduction_factor^k``. A trial that reaches a rung is ranked with every other
-    trial that reached it (complete, stopped or running) on the two objectives at that rung: validation accuracy
-    there (higher is better) and the score (lower is better). Ranks come from non-dominated sorting, ties within
-    a front from the crowding distance (NSGA-II): the extremes of each front first, so the ends of the front are
-    kept. The trial goes on if it is among the best ``ceil(n / reduction_factor)`` of the ``n``; with fewer than
-    ``min_trials`` at the rung it goes on in any case. Unlike the Pareto stopper it needs no finished rival, so it
-    bounds what one candidate may spend before there is evidence for it.
+    trial that reached it (complete, stopped or running) on the objectives at that rung: validation accuracy
+    there (higher is better) and the costs known before training (lower is better). Ranks come from non-dominated
+    sorting, ties within a front from the crowding distance (NSGA-II): the extremes of each front first, so the ends
+    of the front are kept. The trial goes on if it is among the best ``ceil(n / reduction_factor)`` of the ``n``;
+    with fewer than ``min_trials`` at the rung it goes on in any case. Unlike the Pareto stopper it needs no finished
+    rival, so it bounds what one candidate may spend before there is evidence for it.
 
     Syne Tune's ``MOASHA`` was the reference read; the sorting below is written here because Optuna's
     non-dominated sort is private API and the sets are small (the trials of one study at one rung).
@@ -140,11 +160,12 @@ class MOASHAStopper(EarlyStopper):
             r *= self.reduction_factor
         return out
 
-    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+    def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
         if epoch not in self.rungs(epoch):
             return None
-        points = [(accuracy, score)] + [(a, f.score) for f in finished
-                                        if (a := f.like(epoch, dense_epochs)) is not None]
+        costs = as_costs(costs)
+        points = [(accuracy, *costs)] + [(a, *f.cost) for f in finished
+                                         if (a := f.like(epoch, dense_epochs)) is not None]
         n = len(points)
         if n < self.min_trials:
             return None
@@ -153,11 +174,11 @@ class MOASHAStopper(EarlyStopper):
         if position < keep:
             return None
         return (f"rung at epoch {epoch}: rank {position + 1} of {n} trials there by non-dominated sorting of "
-                f"(accuracy {accuracy:.4f}, score {score:.4g}); only the best {keep} go on")
+                f"(accuracy {accuracy:.4f}, costs {_show(costs)}); only the best {keep} go on")
 
 
-def rank_order(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of ``points`` (accuracy to maximize, score to minimize), best first: by non-dominated front, then
+def rank_order(points: list[tuple[float, ...]]) -> list[int]:
+    """Indices of ``points`` (accuracy to maximize, then costs to minimize), best first: by non-dominated front, then
     by crowding distance within the front (largest first), then by index."""
     remaining = list(range(len(points)))
     order: list[int] = []
@@ -171,7 +192,7 @@ def rank_order(points: list[tuple[float, float]]) -> list[int]:
 
 def _crowding(front: list[int], points) -> dict[int, float]:
     distance = dict.fromkeys(front, 0.0)
-    for k in (0, 1):
+    for k in range(len(points[front[0]])):
         ordered = sorted(front, key=lambda i: points[i][k])
         span = points[ordered[-1]][k] - points[ordered[0]][k]
         distance[ordered[0]] = distance[ordered[-1]] = math.inf

@@ -1,6 +1,7 @@
 """Study definitions (``studies/*.yaml``) and the multi-objective Optuna study built from them.
 
-Directions: maximize validation accuracy, minimize score. Each trial samples a candidate from the space, measures
+Objectives: the study file's ``objectives`` (:mod:`search.objectives`; default maximize validation accuracy,
+minimize score). Each trial samples a candidate from the space, measures
 its score before training, trains it with Pareto-aware early stopping, and stores a checkpoint in the artifact store.
 """
 
@@ -19,6 +20,8 @@ from search.compress.compression import Compression
 from search.config import from_mapping, load_yaml, to_mapping
 from search.data import DataConfig
 from search.errors import ConfigError
+from search.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from search.objectives import Objectives
 from search.samplers import ParetoTPESampler, TrialSeededSampler
 from search.score import ScoreReference
 from search.space import CHECKS, PARAMS, Space, load_space
@@ -27,7 +30,6 @@ from search.storage import StorageError, mask, open_storage, resolve_storage
 from search.teacher import TeacherSpec
 from search.train import Distillation, TrainConfig
 
-DIRECTIONS = ("maximize", "minimize")  # validation accuracy, score
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
@@ -126,6 +128,7 @@ class StudyConfig:
     storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.outage); 0: none
     reuse_bases: bool = False            # share the dense phase among candidates that differ only in compression
     max_trial_seconds: float | None = None  # a trial predicted or projected to train longer is stopped (none)
+    objectives: list = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))  # search.objectives, in order
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -154,6 +157,13 @@ class StudyConfig:
             raise ConfigError(f"reuse_bases must be true or false, got {self.reuse_bases!r}")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
+        if not isinstance(self.objectives, (list, tuple)):
+            raise ConfigError(f"objectives must be a list, for example [accuracy, score], got {self.objectives!r}")
+        Objectives.parse(self.objectives)  # validates
+
+    @property
+    def objective_list(self) -> Objectives:
+        return Objectives.parse(self.objectives)
 
     @property
     def artifact_dir(self) -> Path:
@@ -272,7 +282,11 @@ def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
                            outage_s=cfg.storage_outage_s)
     space = to_mapping(loaded.space)
     space.pop("source")  # where the file was read from does not change the space
-    fingerprint = json.dumps({"space": space, "directions": list(DIRECTIONS)}, sort_keys=True, default=str)
+    objectives = cfg.objective_list
+    described = {"space": space, "directions": objectives.directions}
+    if objectives.names != list(DEFAULT_OBJECTIVES):  # studies made before objectives had names keep their print
+        described["objectives"] = objectives.to_list()
+    fingerprint = json.dumps(described, sort_keys=True, default=str)
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as e:
@@ -284,13 +298,14 @@ def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
         raise StorageError(f"no study {cfg.name!r} in {mask(loaded.storage_url)}; known: "
                            f"{', '.join(sorted(existing)) or 'none'}")
     try:
-        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=list(DIRECTIONS),
+        study = optuna.create_study(study_name=cfg.name, storage=storage, directions=objectives.directions,
                                     sampler=cfg.sampler.build())
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it a moment ago
         return optuna.load_study(study_name=cfg.name, storage=storage, sampler=cfg.sampler.build())
     with warnings.catch_warnings():  # experimental since Optuna 3.2, stable in use
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(["val_accuracy", "score"])  # axis names in the dashboard and plots
+        study.set_metric_names(objectives.metric_names)  # axis names in the dashboard and plots
+    study.set_user_attr("micronet_objectives", objectives.to_list())  # readers rebuild them (Objectives.of_study)
     study.set_user_attr("micronet_fingerprint", fingerprint)
     study.set_user_attr("micronet_config", json.loads(json.dumps(to_mapping(cfg), default=str)))
     study.set_user_attr("artifact_dir", str(cfg.artifact_dir.resolve()))
@@ -301,10 +316,13 @@ def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
 
 def _check_compatible(loaded: LoadedStudy, summary, fingerprint: str) -> None:
     name, where = loaded.config.name, mask(loaded.storage_url)
-    directions = tuple(d.name.lower() for d in summary.directions)
-    if directions != DIRECTIONS:
-        raise ConfigError(f"study {name!r} in {where} has directions {', '.join(directions)}, not maximize "
-                          f"accuracy, minimize score; use another study name")
+    directions = [d.name.lower() for d in summary.directions]
+    objectives = loaded.config.objective_list
+    stored = [o["name"] for o in summary.user_attrs.get("micronet_objectives", [])] or None
+    if directions != objectives.directions or (stored is not None and stored != objectives.names):
+        what = f"objectives {', '.join(stored)}" if stored else f"directions {', '.join(directions)}"
+        raise ConfigError(f"study {name!r} in {where} has {what}, not the study file's objectives "
+                          f"{', '.join(objectives.names)} ({', '.join(objectives.directions)}); use another study name")
     stored = summary.user_attrs.get("micronet_fingerprint")
     if stored is not None and stored != fingerprint:
         raise ConfigError(f"study {name!r} in {where} was created with another search space; use another study "

@@ -1,6 +1,7 @@
 """Each Optuna internal that search.optuna_compat reaches still does what the project relies on."""
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
@@ -72,3 +73,13 @@ def test_first_direction_lets_tpe_learn_from_stopped_multi_objective_trials():
         else:
             study.tell(trial, [x, 1 - x])
     study.ask().suggest_float("x", 0, 1)  # TPE ranks the pruned trials by their last value: no error
+
+
+def test_hypervolume_is_exact_in_two_and_three_dimensions():
+    import numpy as np
+
+    # two points, minimized, reference (1, 1): boxes 0.5 × 0.8 and 0.8 × 0.5 overlapping in 0.5 × 0.5
+    assert compat.hypervolume(np.array([[0.5, 0.2], [0.2, 0.5]]), np.array([1.0, 1.0])) == pytest.approx(0.55)
+    # three dimensions (WFG): a unit-cube corner and a point that adds a slab
+    losses = np.array([[0.0, 0.0, 0.5], [0.5, 0.5, 0.0]])
+    assert compat.hypervolume(losses, np.array([1.0, 1.0, 1.0])) == pytest.approx(0.5 + 0.25 * 0.5)

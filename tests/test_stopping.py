@@ -129,6 +129,7 @@ def test_moasha_sees_stopped_and_running_trials_too():
     import optuna
 
     from search.objective import Objective
+    from search.objectives import Objectives
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     made = []
@@ -143,9 +144,11 @@ def test_moasha_sees_stopped_and_running_trials_too():
             study.tell(t, state=optuna.trial.TrialState.PRUNED)
         made.append(t)
     me = made[-1]
-    seen = Objective._finished(SimpleNamespace(stopper=MOASHAStopper()), me)
+    objectives = Objectives.parse(None)  # accuracy, score
+    seen = Objective._finished(SimpleNamespace(stopper=MOASHAStopper(), objectives=objectives), me)
     assert len(seen) == 3  # complete, pruned, running with a curve; not itself, not a trial without a curve
-    assert len(Objective._finished(SimpleNamespace(stopper=NoStopper()), me)) == 1  # complete only
+    assert all(f.cost == (0.5,) for f in seen)  # the score: from the values, or the record before training
+    assert len(Objective._finished(SimpleNamespace(stopper=NoStopper(), objectives=objectives), me)) == 1
 
 
 def test_moasha_is_chosen_in_the_study_file(tmp_path):

@@ -227,10 +227,12 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
     import optuna
     from optuna.trial import TrialState
 
+    from search.objectives import Objectives
     from search.record import TrialRecord
 
     name = f"{arm.name}-s{seed}"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'db' / name}.db")
+    objectives = Objectives.of_study(study)  # accuracy, score: the dev study's
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or t.datetime_complete is None:
@@ -242,14 +244,14 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
         trials.append({
             "number": t.number, "state": t.state.name, "at_s": at,
             "values": list(t.values) if t.state == TrialState.COMPLETE else None,
-            "score": t.values[1] if t.state == TrialState.COMPLETE else a.course_score,
+            "score": objectives.value(t, "score") if t.state == TrialState.COMPLETE else a.course_score,
             "epochs_run": len(t.intermediate_values), "pruned_reason": a.pruned_reason,
             "base_reused": a.base_reused, "epochs_saved": a.epochs_saved or 0,
             "candidate": a.candidate, "macs": a.dense_macs, "wall_s": a.wall_s,
         })
-    points = [(t["values"][0], t["values"][1]) for t in trials if t["values"]]
-    hv_at = [hypervolume([(t["values"][0], t["values"][1]) for t in trials
-                          if t["values"] and t["at_s"] <= f * budget_s], REFERENCE[1], REFERENCE[0])
+    points = [tuple(t["values"]) for t in trials if t["values"]]
+    hv_at = [hypervolume([tuple(t["values"]) for t in trials if t["values"] and t["at_s"] <= f * budget_s],
+                         REFERENCE[1], REFERENCE[0])
              for f in FRACTIONS]
     return {"arm": arm.name, "seed": seed, "budget_s": budget_s, "trials": trials, "hv": hv_at,
             "complete": len(points), "stopped": sum(t["state"] == "PRUNED" for t in trials),

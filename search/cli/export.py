@@ -20,13 +20,20 @@ FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all thre
 def add_parser(commands) -> None:
     p = commands.add_parser("export", help="export one trial's model with a model card", description=__doc__)
     add_common_arguments(p)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, metavar="N", help="this trial (complete, with a checkpoint)")
-    which.add_argument("--min-accuracy", type=float, metavar="A",
-                       help="the lowest-score front member with validation accuracy >= A")
-    which.add_argument("--knee", action="store_true",
-                       help="the front's knee: farthest from the line between the extreme members, objectives "
-                            "normalized over the front (1-2 members: the most accuracy per unit of score)")
+    # one of --trial, --knee or the bounds (--min-accuracy, --max-latency-ms: one or both); select_trial checks
+    p.add_argument("--trial", type=int, metavar="N", help="this trial (complete, with a checkpoint)")
+    p.add_argument("--min-accuracy", type=float, metavar="A",
+                   help="the lowest-score front member with validation accuracy >= A (and latency <= "
+                        "--max-latency-ms if given)")
+    p.add_argument("--max-latency-ms", type=float, metavar="L",
+                   help="studies that measure latency: a front member with latency <= L ms (alone: the most "
+                        "accurate such member)")
+    p.add_argument("--knee", action="store_true",
+                   help="the front's knee: farthest from the line between the extreme members, objectives "
+                        "normalized over the front (1-2 members: the most accuracy per unit of score; 3 or more "
+                        "objectives: nearest the ideal point)")
+    p.add_argument("--mixed-hardware", action="store_true",
+                   help="accept latencies measured on different hardware in one front")
     p.set_defaults(handler=run)
 
 
@@ -48,7 +55,8 @@ def run(args) -> int:
 
     formats = parse_formats(args.format)
     study = load_existing_study(args.storage, args.study)
-    trial = select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee)
+    trial = select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee,
+                         max_latency_ms=args.max_latency_ms, mixed_hardware=args.mixed_hardware)
     try:
         result = export_model(study, trial, args.out, formats, force=args.force, verify_export=args.verify,
                               data_path=args.data_path)

@@ -20,6 +20,8 @@ def add_parser(commands) -> None:
     p.add_argument("--json", action="store_true", help="print the front as a JSON list")
     p.add_argument("--plot", metavar="FILE", help="write all trials with the front highlighted (.png or .html)")
     p.add_argument("--min-accuracy", type=float, help="only front members with at least this accuracy")
+    p.add_argument("--mixed-hardware", action="store_true",
+                   help="accept latencies measured on different hardware in one front")
     p.set_defaults(handler=run)
 
 
@@ -42,27 +44,37 @@ def load_existing_study(storage: str | None, name: str):
 
 def run(args) -> int:
     from search.front import front_rows, plot
+    from search.objectives import Objectives
 
     study = load_existing_study(args.storage, args.study)
     if args.plot:
-        path = plot(study, args.plot)
+        path = plot(study, args.plot, args.mixed_hardware)
         print(f"wrote {path}")
-    rows = front_rows(study, args.min_accuracy)
+    rows = front_rows(study, args.min_accuracy, args.mixed_hardware)
     if args.json:
         print(json.dumps(rows))
     elif not args.plot:
-        print_front(rows, f"Pareto front of {args.study}")
+        print_front(rows, f"Pareto front of {args.study}", Objectives.of_study(study))
     return 0
 
 
-def print_front(rows: list[dict], title: str) -> None:
+# the objectives' columns: short titles and formats (others: the metric name and the objective's own format)
+COLUMNS = {"accuracy": ("val acc", ".2%"), "score": ("score", ".4f"), "micronet2019": ("mn2019", ".4f"),
+           "latency": ("ms", ".3f")}
+
+
+def print_front(rows: list[dict], title: str, objectives=None) -> None:
+    from search.objectives import Objectives
+
+    objectives = objectives or Objectives.parse(None)
     table = Table(title=title)
-    for col in ("trial", "val acc", "score", "measured", "arch", "width", "groups", "dw", "ps", "pu", "qw", "qa",
-                "kd T", "params", "MACs", "epochs", "time s", "base"):
+    shown = [(m.metric_name, *COLUMNS.get(m.name, (m.metric_name, m.fmt))) for m in objectives]
+    for col in ("trial", *(title for _, title, _ in shown), "measured", "arch", "width", "groups", "dw", "ps", "pu",
+                "qw", "qa", "kd T", "params", "MACs", "epochs", "time s", "base"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     for r in rows:
         table.add_row(
-            str(r["trial"]), f"{r['val_accuracy']:.2%}", f"{r['score']:.4f}", _f(r["measured_score"], ".4f"),
+            str(r["trial"]), *(_f(r[key], fmt) for key, _, fmt in shown), _f(r["measured_score"], ".4f"),
             str(r["arch"]), _f(r["width"], "g"), str(r["groups"]), "yes" if r["depthwise"] else "no",
             _f(r["ps"], ".2f"), _f(r["pu"], ".2f"), str(r["qw"]), str(r["qa"]), _f(r["kd_temperature"], ".1f"),
             _f(r["params"], ","), _f(r["macs"], ","), _f(r["epochs_run"], "d"), _f(r["wall_s"], ".0f"),

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from search.cli.front import print_front
 from search.errors import ConfigError
 from search.front import front_rows
+from search.objectives import Objectives
 from search.record import TrialRecord
 from search.storage import mask
 from search.study import load_study_file, open_study
@@ -111,7 +112,8 @@ class StudyProgress:
         status = (f"complete {counts[TrialState.COMPLETE]}  pruned {counts[TrialState.PRUNED]}  "
                   f"failed {counts[TrialState.FAIL]}  front {front}")
         if trial.state == TrialState.COMPLETE:
-            what = f"accuracy {trial.values[0]:.2%}, score {trial.values[1]:.4g}"
+            objectives = Objectives.of_study(study)
+            what = ", ".join(f"{m.name} {m.show(v)}" for m, v in zip(objectives, trial.values, strict=True))
         else:
             what = TrialRecord.of(trial).pruned_reason or trial.state.name.lower()
         worker = TrialRecord.of(trial).worker
@@ -152,7 +154,8 @@ def run(args) -> int:
         del data  # each worker loads its own
         code = run_workers(args, loaded, study)
     rows = front_rows(study)
-    print_front(rows, f"Pareto front of {cfg.name} ({len(study.trials)} trials, {time.perf_counter() - start:.0f} s)")
+    print_front(rows, f"Pareto front of {cfg.name} ({len(study.trials)} trials, {time.perf_counter() - start:.0f} s)",
+                Objectives.of_study(study))
     return code
 
 

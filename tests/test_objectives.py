@@ -1,0 +1,212 @@
+"""Objectives by name (search.objectives): parsing, N-D dominance and hypervolume, the knee, the stoppers with several
+costs, latency measured and recorded with its hardware, and a 3-objective study end to end."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from search.candidate import Candidate, costs
+from search.compress.compression import Compression
+from search.errors import ConfigError
+from search.export import knee_trial
+from search.front import hypervolume
+from search.objectives import Latency, Objectives, Subject, check_hardware
+from search.stopping import Finished, MOASHAStopper, ParetoStopper
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_objectives_are_accuracy_and_score():
+    o = Objectives.parse(None)
+    assert o.names == ["accuracy", "score"]
+    assert o.metric_names == ["val_accuracy", "score"]
+    assert o.directions == ["maximize", "minimize"]
+    assert [m.name for m in o.before] == ["score"]
+
+
+@pytest.mark.parametrize("items,fragment", [
+    (["accuracy", "colour"], "unknown objective 'colour'"),
+    (["accuracy", "score", "score"], "listed twice"),
+    (["score", "latency"], "must hold accuracy"),
+    (["accuracy"], "must hold accuracy and at least one cost"),
+    (["accuracy", {"latency": {"threads": 0}}], "latency threads must be an integer >= 1"),
+    (["accuracy", {"latency": {"target": "tpu"}}], "latency target must be one of"),
+    (["accuracy", {"score": {"bits": 4}}], "takes no option(s) bits"),
+    (["accuracy", ["score"]], "each entry is a name"),
+])
+def test_bad_objectives_are_named(items, fragment):
+    with pytest.raises(ConfigError, match=None) as e:
+        Objectives.parse(items)
+    assert fragment in str(e.value)
+
+
+def test_dominance_and_hypervolume_in_three_dimensions():
+    o = Objectives.parse(["accuracy", "score", "latency"])
+    assert o.dominates((0.9, 0.1, 1.0), (0.8, 0.1, 1.0))
+    assert not o.dominates((0.9, 0.1, 2.0), (0.8, 0.1, 1.0))  # slower: a trade, not domination
+    assert not o.dominates((0.9, 0.1, 1.0), (0.9, 0.1, 1.0))
+    ref = (0.0, 1.0, 10.0)
+    assert o.hypervolume([(1.0, 0.0, 0.0)], ref) == pytest.approx(1.0 * 1.0 * 10.0)
+    # two boxes: 0.5×0.5×10 and 1.0×1.0×5, overlapping in 0.5×0.5×5
+    pts = [(0.5, 0.5, 0.0), (1.0, 0.0, 5.0)]
+    assert o.hypervolume(pts, ref) == pytest.approx(0.5 * 0.5 * 10 + 1.0 * 1.0 * 5 - 0.5 * 0.5 * 5)
+    assert o.hypervolume([(0.5, 2.0, 1.0)], ref) == 0.0  # worse than the reference on the score: adds nothing
+
+
+def test_two_objective_hypervolume_matches_the_area_sweep():
+    # the sweep the front module used before (exact for two objectives), against Optuna's routine
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        points = [(rng.random(), rng.random()) for _ in range(rng.randint(1, 12))]
+        pts = sorted((s, a) for a, s in points if s < 1.0 and a > 0.0)
+        area, best = 0.0, 0.0
+        for i, (s, a) in enumerate(pts):
+            best = max(best, a)
+            right = pts[i + 1][0] if i + 1 < len(pts) else 1.0
+            area += (right - s) * best
+        assert hypervolume(points, reference_score=1.0) == pytest.approx(area)
+
+
+def _trial(number, values, **attrs):
+    t = create_trial(values=list(values), user_attrs=attrs)
+    t.number = number
+    return t
+
+
+def test_knee_in_three_objectives_is_nearest_the_ideal_point():
+    o = Objectives.parse(["accuracy", "score", "latency"])
+    front = [_trial(0, (0.60, 0.01, 0.2)), _trial(1, (0.90, 0.05, 0.5)), _trial(2, (0.95, 0.50, 5.0)),
+             _trial(3, (0.70, 0.02, 3.0))]
+    # normalized goodness (1 best): 0: (0, 1, 1); 1: (0.86, 0.92, 0.94); 2: (1, 0, 0); 3: (0.29, 0.98, 0.42)
+    assert knee_trial(front, o).number == 1
+    two = Objectives.parse(None)  # two objectives: the line-distance knee as before
+    assert knee_trial([_trial(0, (0.60, 0.01)), _trial(1, (0.90, 0.05)), _trial(2, (0.95, 0.50))], two).number == 1
+
+
+def test_stoppers_compare_every_cost():
+    curve = {1: 0.5, 2: 0.8, 3: 0.9}
+    # rivals must be no worse on both costs to count
+    finished = [Finished((0.1, 1.0), curve), Finished((0.1, 1.0), curve), Finished((0.1, 9.0), curve)]
+    stopper = ParetoStopper(warmup_epochs=2, min_trials=2, percentile=50)
+    assert stopper.should_stop(2, 0.5, (0.2, 2.0), finished) is not None   # two rivals dominate it in costs
+    assert stopper.should_stop(2, 0.5, (0.2, 0.5), finished) is None       # faster than every rival: no rival
+    moasha = MOASHAStopper(min_epochs=1, reduction_factor=2, min_trials=3)
+    others = [Finished((0.1, 1.0), {1: 0.8}), Finished((0.2, 2.0), {1: 0.7}), Finished((0.3, 3.0), {1: 0.6})]
+    assert moasha.should_stop(1, 0.5, (0.4, 4.0), others) is not None      # dominated by all three
+    assert moasha.should_stop(1, 0.5, (0.4, 0.1), others) is None          # the fastest: on the first front
+
+
+def _tiny_candidate(**compression):
+    return Candidate(arch="resnet20", width=0.25, compression=Compression(**compression))
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-cpu", "device"])
+def test_latency_is_measured_on_the_exported_form_and_recorded_with_its_hardware(target):
+    candidate = _tiny_candidate(ps=0.5, qw=8, qa=8)
+    from search.checkpoint import rebuild
+
+    model = rebuild(candidate, 10)
+    subject = Subject(candidate, costs(candidate, 10), 10, (3, 32, 32), model=model)
+    metric = Latency(target=target, warmup=2, repeats=5)
+    ms, extra = metric.record(subject)
+    assert 0 < ms < 10_000 and math.isfinite(ms)
+    assert extra["latency_hardware"] and extra["latency_target"].startswith(
+        "onnxruntime CPU, 1 thread" if target == "onnxruntime-cpu" else "torch on cpu")
+    # ~50× the MACs takes longer: the value measures the model, not the harness
+    small, big = Candidate(arch="resnet20", width=0.25), Candidate(arch="resnet18", width=1.0)
+    small_ms, big_ms = (Latency(target=target, warmup=2, repeats=5).record(
+        Subject(c, costs(c, 10), 10, (3, 32, 32), model=rebuild(c, 10)))[0] for c in (small, big))
+    assert big_ms > 2 * small_ms
+
+
+def test_a_front_of_latencies_from_different_hardware_is_refused():
+    o = Objectives.parse(["accuracy", "score", "latency"])
+    a = _trial(0, (0.9, 0.1, 1.0), latency_target="onnxruntime CPU, 1 thread, batch 1", latency_hardware="CPU A")
+    b = _trial(1, (0.8, 0.05, 2.0), latency_target="onnxruntime CPU, 1 thread, batch 1", latency_hardware="CPU B")
+    with pytest.raises(ConfigError, match="different hardware.*--mixed-hardware"):
+        check_hardware(o, [a, b])
+    check_hardware(o, [a, b], mixed=True)
+    check_hardware(o, [a, _trial(2, (0.8, 0.05, 2.0), latency_target=a.user_attrs["latency_target"],
+                                 latency_hardware="CPU A")])
+    check_hardware(Objectives.parse(None), [a, b])  # no measured objective: nothing to mix
+
+
+def test_a_stored_study_with_other_objectives_is_refused(tmp_path):
+    from tests.test_study import cli, db_snapshot, write_study
+
+    path = write_study(tmp_path, n_trials=1, space="params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n")
+    assert cli("run", str(path)).returncode == 0
+    before = db_snapshot(tmp_path / "tiny.db")
+    path.write_text(path.read_text() + "objectives: [accuracy, score, latency]\n")
+    result = cli("run", str(path))
+    assert result.returncode == 2
+    assert "has directions maximize, minimize, not the study file's objectives accuracy, score, latency" \
+        in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert db_snapshot(tmp_path / "tiny.db") == before
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_a_three_objective_study_runs_end_to_end(tmp_path):
+    """accuracy, score and latency: the run, the front table and JSON, the pairwise plot, export by latency with
+    --verify, and the metric names the dashboard shows."""
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n"
+                                         "  ps: {low: 0.0, high: 0.6}\n  qw: {choices: [8, 32]}\n")
+    study_file = tmp_path / "three.yaml"
+    db = f"sqlite:///{tmp_path / 'three.db'}"
+    study_file.write_text(f"""\
+name: three
+space: {tmp_path / 'space.yaml'}
+storage: {db}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: digits, subset: 400}}
+sampler: {{name: random, seed: 1}}
+train: {{epochs: 2, batch_size: 32}}
+stopper: {{name: moasha, min_epochs: 1, reduction_factor: 2, min_trials: 3}}
+objectives: [accuracy, score, {{latency: {{warmup: 3, repeats: 15}}}}]
+n_trials: 4
+""")
+    run = _cli("run", str(study_file), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "latency" in run.stdout and "ms" in run.stdout  # the run's log and its front table
+
+    study = optuna.load_study(study_name="three", storage=db)
+    assert study.metric_names == ["val_accuracy", "score", "latency_ms"]  # the dashboard's axis names
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete and all(len(t.values) == 3 and t.values[2] > 0 for t in complete)
+    assert all(t.user_attrs["latency_hardware"] for t in complete)
+
+    front = json.loads(_cli("front", "--storage", db, "--study", "three", "--json", cwd=tmp_path).stdout)
+    assert {r["trial"] for r in front} == {t.number for t in study.best_trials}
+    assert all(r["latency_ms"] > 0 and r["latency_target"].startswith("onnxruntime CPU") for r in front)
+
+    plot = _cli("front", "--storage", db, "--study", "three", "--plot", str(tmp_path / "front.html"), cwd=tmp_path)
+    assert plot.returncode == 0, plot.stderr
+    html = (tmp_path / "front.html").read_text()
+    assert "latency, ms per image" in html and "score (lower is better)" in html
+
+    slowest = max(r["latency_ms"] for r in front)
+    out = tmp_path / "export"
+    export = _cli("export", "--storage", db, "--study", "three", "--max-latency-ms", str(slowest * 1.01),
+                  "--out", str(out), "--verify", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    card = json.loads((out / "model_card.json").read_text())
+    best = max((r for r in front if r["latency_ms"] <= slowest * 1.01), key=lambda r: r["val_accuracy"])
+    assert card["trial"] == best["trial"]
+    assert card["objectives"]["latency"] == pytest.approx(best["latency_ms"])
+    assert card["latency"]["hardware"] == best["latency_hardware"]
+
+    too_fast = _cli("export", "--storage", db, "--study", "three", "--max-latency-ms", "0.000001",
+                    "--out", str(tmp_path / "none"), cwd=tmp_path)
+    assert too_fast.returncode == 2 and "the fastest takes" in too_fast.stderr
+    assert len(too_fast.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
