@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -10,6 +11,12 @@ from pathlib import Path
 import yaml
 
 from search.errors import ConfigError
+
+
+def number(x) -> bool:
+    """A finite int or float that is not a bool (YAML's true is an int to Python): the one "is this a number" check
+    every config class uses."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def load_yaml(path: str | Path) -> dict:

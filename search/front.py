@@ -9,6 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import ConfigError
 from search.objectives import DEFAULT, Objectives, check_hardware
+from search.params import columns
 from search.record import TrialRecord
 from search.stopping import dominates
 
@@ -16,8 +17,7 @@ __all__ = ["dominates", "front_rows", "front_trials", "hypervolume", "hypervolum
 
 # the columns after the objectives' own (val_accuracy, score, ...: Objectives.metric_names)
 ROW_KEYS = ("trial", "measured_score", "params", "macs", "compressed_params", "compressed_macs", "nonzero_params",
-            "arch", "width", "groups", "depthwise", "ps", "pu", "qw", "qa", "kd_temperature", "epochs_run", "wall_s",
-            "base_reused")
+            *(p.name for p in columns()), "epochs_run", "wall_s", "base_reused")
 
 
 def front_trials(study: optuna.Study, mixed_hardware: bool = False) -> list[FrozenTrial]:
@@ -32,8 +32,6 @@ def row(t: FrozenTrial, objectives: Objectives | None = None) -> dict:
     objectives = objectives or Objectives.parse(DEFAULT)
     a = TrialRecord.of(t)
     cand = a.candidate or {}
-    comp = cand.get("compression", {})
-    kd = cand.get("distillation") or {}
     out = {"trial": t.number}
     out.update({m.metric_name: v for m, v in zip(objectives, t.values, strict=True)})
     if any(m.when == "measured" for m in objectives):
@@ -41,9 +39,7 @@ def row(t: FrozenTrial, objectives: Objectives | None = None) -> dict:
     out.update({
         "measured_score": a.measured_score, "params": a.dense_params, "macs": a.dense_macs,
         "compressed_params": a.compressed_params, "compressed_macs": a.compressed_macs,
-        "nonzero_params": a.nonzero_params, "arch": cand.get("arch"), "width": cand.get("width"),
-        "groups": cand.get("groups"), "depthwise": cand.get("depthwise"), "ps": comp.get("ps"), "pu": comp.get("pu"),
-        "qw": comp.get("qw"), "qa": comp.get("qa"), "kd_temperature": kd.get("temperature"),
+        "nonzero_params": a.nonzero_params, **{p.name: p.read(cand) for p in columns()},
         "epochs_run": a.epochs_run, "wall_s": a.wall_s, "base_reused": a.base_reused,
         "checkpoint": a.checkpoint_artifact_id,
     })

@@ -18,7 +18,6 @@ shrinks so that ``ps + pu <= max_ps_plus_pu``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,21 +25,13 @@ from typing import Any
 import optuna
 
 from search.config import load_yaml
+from search.config import number as _number
 from search.errors import ConfigError
+from search.params import MODEL_OPTIONS, PARAMETERS
 
-# Every key a space may sample, and what it sets in the candidate.
-PARAMS = {
-    "arch": "model architecture", "width": "channel multiplier", "groups": "groups of the block 3×3 convs",
-    "depthwise": "depthwise-separable block convs", "growth_rate": "densenet growth rate",
-    "blocks": "densenet layers per block, e.g. '6,6,6'", "bottleneck": "densenet bottleneck layers",
-    "ps": "structured pruning ratio", "pu": "unstructured pruning ratio", "qw": "weight bits",
-    "qa": "activation bits", "compress_at": "fraction of epochs before compression",
-    "distillation": "distillation on/off", "kd_temperature": "distillation temperature",
-    "kd_alpha": "distillation weight", "kd_decreasing": "linearly decrease T to half its value (seed 004)",
-    "lr": "peak learning rate", "weight_decay": "weight decay", "label_smoothing": "label smoothing",
-    "batch_size": "batch size", "cutout": "cutout size (0 = off)", "optimizer": "sgd or adamw",
-    "mixup": "MixUp alpha (0 = off)", "cutmix": "CutMix alpha (0 = off)",
-}
+# Every key a space may sample, and what it means: from the one table of search parameters (search.params).
+PARAMS = {name: p.help for name, p in PARAMETERS.items()}
+CHECKS = {name: p.check for name, p in PARAMETERS.items()}
 SPEC_KEYS = {"choices", "low", "high", "log", "step", "int", "value", "when"}
 
 
@@ -117,92 +108,7 @@ def parse_space(raw: dict, source: str = "space") -> Space:
     return Space(tuple(specs), float(bound), source)
 
 
-# --- values that can never build: refused when the space is read, before a study exists ---
-# Each check calls the constructor that would refuse the value in a trial, so the rule (and its message with the
-# legal values) lives in one place. Combinations that depend on other values (groups against a layer's channels)
-# are left to the trial.
-
-def _model_check(option: str):
-    def check(value):
-        from search.models.layers import check_positive_int, check_width
-
-        if option == "width":
-            check_width("every arch", value)
-        elif option in ("groups", "growth_rate"):
-            check_positive_int("every arch", option, value)
-        elif option in ("depthwise", "bottleneck"):
-            _bool_check(option)(value)
-        else:  # blocks
-            from search.study import _blocks
-
-            blocks = _blocks(value)
-            if not blocks or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in blocks):
-                raise ConfigError(f"blocks must be positive layer counts like '6,6,6', got {value!r}")
-    return check
-
-
-def _compression_check(key: str):
-    def check(value):
-        from search.compress.compression import Compression
-
-        if key in ("ps", "pu") and _number(value) and value >= 1:
-            raise ConfigError(f"{key} must be in [0, 1) (a fraction of the weights), got {value!r}")
-        Compression(**{key: value})
-    return check
-
-
-def _train_check(key: str):
-    def check(value):
-        from search.train import TrainConfig
-
-        TrainConfig(**{key: value})
-    return check
-
-
-def _distillation_check(key: str):
-    def check(value):
-        from search.train import Distillation
-
-        Distillation(**{key: value})
-    return check
-
-
-def _arch_check(value):
-    from search.models import list_models
-
-    if not isinstance(value, str) or value not in list_models():
-        raise ConfigError(f"unknown arch {value!r}; known archs: {', '.join(list_models())}")
-
-
-def _bool_check(key: str):
-    def check(value):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return check
-
-
-def _compress_at_check(value):
-    if not _number(value) or not 0 <= value < 1:
-        raise ConfigError(f"compress_at must be in [0, 1) (the fraction of the epochs trained dense), got {value!r}")
-
-
-def _cutout_check(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"cutout must be an integer >= 0 (pixels; 0 = off), got {value!r}")
-
-
-CHECKS = {
-    "arch": _arch_check, **{k: _model_check(k) for k in ("width", "groups", "depthwise", "growth_rate", "blocks",
-                                                            "bottleneck")},
-    **{k: _compression_check(k) for k in ("ps", "pu", "qw", "qa")}, "compress_at": _compress_at_check,
-    "distillation": _bool_check("distillation"), "kd_decreasing": _bool_check("kd_decreasing"),
-    "kd_temperature": _distillation_check("temperature"), "kd_alpha": _distillation_check("alpha"),
-    **{k: _train_check(k) for k in ("lr", "weight_decay", "label_smoothing", "batch_size", "optimizer", "mixup",
-                                    "cutmix")},
-    "cutout": _cutout_check,
-}
-MODEL_OPTIONS = ("width", "groups", "depthwise", "growth_rate", "blocks", "bottleneck")
-
+# --- values that can never build: refused when the space is read, before a study exists (checks: search.params) ---
 
 def _values(spec: ParamSpec) -> list:
     """The values to check: every choice, the fixed value, or a range's two ends (the checks are monotone)."""
@@ -281,10 +187,6 @@ def _parse_param(name, spec, earlier: list[str], where: str) -> ParamSpec:
     if step is not None and (not _number(step) or step <= 0 or log):
         raise ConfigError(f"{where}: step must be a number > 0 and cannot go with log, got {step!r}")
     return ParamSpec(name, low=low, high=high, log=log, step=step, integer=integer, when=conditions)
-
-
-def _number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _float(x) -> float | None:

@@ -16,19 +16,19 @@ from pathlib import Path
 import optuna
 
 from search.candidate import Candidate
-from search.compress.compression import Compression
 from search.config import from_mapping, load_yaml, to_mapping
 from search.data import DataConfig
 from search.errors import ConfigError
 from search.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from search.objectives import Objectives
+from search.params import candidate_from as _candidate_from
 from search.samplers import ParetoTPESampler, TrialSeededSampler
 from search.score import ScoreReference
-from search.space import CHECKS, PARAMS, Space, load_space
+from search.space import CHECKS, Space, load_space
 from search.stopping import EarlyStopper, make_stopper
 from search.storage import StorageError, mask, open_storage, resolve_storage
 from search.teacher import TeacherSpec
-from search.train import Distillation, TrainConfig
+from search.train import TrainConfig
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
@@ -232,43 +232,9 @@ def _find(relative: str, study_file: Path) -> Path:
 
 
 def candidate_from(values: dict, config: StudyConfig) -> Candidate:
-    """Turn sampled space values into a full candidate on top of the study's defaults."""
-    unknown = set(values) - set(PARAMS)
-    if unknown:
-        raise ConfigError(f"unknown parameter {sorted(unknown)[0]!r}")
-    options = {}
-    if "growth_rate" in values:
-        options["growth_rate"] = values["growth_rate"]
-    if "bottleneck" in values:
-        options["bottleneck"] = values["bottleneck"]
-    if "blocks" in values:
-        options["blocks"] = _blocks(values["blocks"])
-    compression = Compression(**{k: values[k] for k in ("ps", "pu", "qw", "qa") if k in values})
-    distillation = None
-    if values.get("distillation"):
-        t = values.get("kd_temperature", Distillation.temperature)
-        distillation = Distillation(temperature=t, alpha=values.get("kd_alpha", Distillation.alpha),
-                                    final_temperature=t / 2 if values.get("kd_decreasing") else None)
-    train = config.train
-    train_over = {k: values[k] for k in ("lr", "weight_decay", "label_smoothing", "batch_size", "optimizer", "mixup",
-                                         "cutmix") if k in values}
-    if "cutout" in values:
-        train_over["augment"] = replace(train.augment, cutout=int(values["cutout"]))
-    train = replace(train, **train_over)
-    return Candidate(
-        arch=values.get("arch", "resnet20"), width=values.get("width", 1.0), groups=values.get("groups", 1),
-        depthwise=values.get("depthwise", False), arch_options=options, compression=compression,
-        compress_at=values.get("compress_at", config.compress_at), distillation=distillation, train=train,
-    )
-
-
-def _blocks(value) -> list[int]:
-    if isinstance(value, str):
-        try:
-            return [int(x) for x in value.split(",")]
-        except ValueError:
-            raise ConfigError(f"blocks must look like '6,6,6', got {value!r}") from None
-    return list(value)
+    """Turn sampled space values into a full candidate on top of the study's defaults (search.params says where
+    each value lands)."""
+    return _candidate_from(values, config.train, config.compress_at)
 
 
 def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:

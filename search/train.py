@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from search.config import number as _number
 from search.data import Augmentation, Splits, mix_batch, normalize, steps_per_epoch, train_batches
 from search.errors import ConfigError, MicronetError
 
@@ -372,10 +373,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean, std, batc
         return float("nan")
     logits = predict(model, x, mean, std, batch_size)
     return (logits.argmax(1) == y).float().mean().item()
-
-
-def _number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _check(ok: bool, message: str) -> None:

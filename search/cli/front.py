@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from search.errors import ConfigError
+from search.params import columns
 from search.storage import ENV_STORAGE
 
 
@@ -69,14 +70,14 @@ def print_front(rows: list[dict], title: str, objectives=None) -> None:
     objectives = objectives or Objectives.parse(None)
     table = Table(title=title)
     shown = [(m.metric_name, *COLUMNS.get(m.name, (m.metric_name, m.fmt))) for m in objectives]
-    for col in ("trial", *(title for _, title, _ in shown), "measured", "arch", "width", "groups", "dw", "ps", "pu",
-                "qw", "qa", "kd T", "params", "MACs", "epochs", "time s", "base"):
+    params = columns()  # the search parameters' columns (search.params)
+    for col in ("trial", *(title for _, title, _ in shown), "measured", *(p.column[0] for p in params), "params",
+                "MACs", "epochs", "time s", "base"):
         table.add_column(col, justify="left" if col == "arch" else "right")
     for r in rows:
         table.add_row(
             str(r["trial"]), *(_f(r[key], fmt) for key, _, fmt in shown), _f(r["measured_score"], ".4f"),
-            str(r["arch"]), _f(r["width"], "g"), str(r["groups"]), "yes" if r["depthwise"] else "no",
-            _f(r["ps"], ".2f"), _f(r["pu"], ".2f"), str(r["qw"]), str(r["qa"]), _f(r["kd_temperature"], ".1f"),
+            *(_param(r[p.name], p.column[1]) for p in params),
             _f(r["params"], ","), _f(r["macs"], ","), _f(r["epochs_run"], "d"), _f(r["wall_s"], ".0f"),
             {True: "reused", False: "trained"}.get(r["base_reused"], "-"),
         )
@@ -86,6 +87,12 @@ def print_front(rows: list[dict], title: str, objectives=None) -> None:
     console.print(table)
     if not rows:
         print("no completed trial yet")
+
+
+def _param(value, fmt: str) -> str:
+    if fmt == "yes/no":
+        return "-" if value is None else ("yes" if value else "no")
+    return "-" if value is None else format(value, fmt) if fmt else str(value)
 
 
 def _f(value, fmt: str) -> str:

@@ -12,6 +12,7 @@ from search import micronet2019
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
+from search.params import add_arguments, flags
 from search.score import ScoreReference, score_model
 
 
@@ -25,17 +26,9 @@ def _int_list(text: str) -> list[int]:
 def add_parser(commands) -> None:
     p = commands.add_parser("score", help="count parameters and MACs of an architecture and compute its score",
                             description=__doc__)
-    p.add_argument("--arch", required=True, help="registered architecture (resnet20, resnet18, densenet)")
-    p.add_argument("--groups", type=int, default=1, help="groups of every 3×3 block conv (default 1)")
-    p.add_argument("--depthwise", action="store_true", help="3×3 block convs become depthwise 3×3 + pointwise 1×1")
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    # the search parameters' flags come from their table (search.params), with the candidate's defaults
+    add_arguments(p, "score", defaults=True, required=("arch",))
     p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--growth-rate", type=int, help="densenet only: growth rate k (default 12)")
-    p.add_argument("--blocks", help="densenet only: layers per dense block, e.g. 16,16,16")
-    p.add_argument("--ps", type=float, default=0.0, help="structured pruning ratio (default 0)")
-    p.add_argument("--pu", type=float, default=0.0, help="unstructured pruning ratio (default 0)")
-    p.add_argument("--qw", type=int, default=32, help="weight bits: 1, 2, 4, 8, 16 or 32 (default 32 = none)")
-    p.add_argument("--qa", type=int, default=32, help="activation bits: 2, 4, 8, 16 or 32 (default 32 = none)")
     p.add_argument("--reference-params", type=float, default=ScoreReference.params,
                    help="reference parameter count (default 5.6e6)")
     p.add_argument("--reference-macs", type=float, default=ScoreReference.macs,
@@ -46,14 +39,12 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     # Validate the cheap settings before building a model.
-    compression = Compression(ps=args.ps, pu=args.pu, qw=args.qw, qa=args.qa)
+    given = {p: getattr(args, p.name) for p in flags("score") if getattr(args, p.name) is not None}
+    compression = Compression(**{p.key: v for p, v in given.items() if p.place == "compression"})
     reference = ScoreReference(params=args.reference_params, macs=args.reference_macs)
-    model_kwargs = {"num_classes": args.num_classes, "width": args.width, "groups": args.groups,
-                    "depthwise": args.depthwise}
-    if args.growth_rate is not None:
-        model_kwargs["growth_rate"] = args.growth_rate
-    if args.blocks is not None:
-        model_kwargs["blocks"] = _int_list(args.blocks)
+    model_kwargs = {"num_classes": args.num_classes, **{
+        p.key: _int_list(v) if p.name == "blocks" else v for p, v in given.items()
+        if p.place in ("candidate", "arch_options") and p.key != "arch"}}
     model = build_model(args.arch, **model_kwargs)
     challenge = micronet2019.count_candidate(copy.deepcopy(model), compression)
     report = score_model(model, compression, reference)

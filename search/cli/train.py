@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 from rich.console import Console
@@ -13,37 +12,22 @@ from search.cli.common import EpochProgress, add_data_arguments, data_overrides,
 from search.config import from_mapping, load_yaml
 from search.data import DataConfig, load_data
 from search.errors import ConfigError
+from search.params import add_arguments, flags
 from search.teacher import TeacherSpec, get_teacher
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser("train", help="train and compress one candidate", description=__doc__)
     p.add_argument("config", nargs="?", help="YAML file with the candidate (flags override it)")
-    m = p.add_argument_group("model")
-    m.add_argument("--arch")
-    m.add_argument("--width", type=float)
-    m.add_argument("--groups", type=int)
-    m.add_argument("--depthwise", action=argparse.BooleanOptionalAction, default=None)
-    m.add_argument("--growth-rate", type=int, help="densenet only")
-    m.add_argument("--blocks", help="densenet only: layers per block, e.g. 6,6,6")
-    c = p.add_argument_group("compression")
-    c.add_argument("--ps", type=float, help="structured pruning ratio")
-    c.add_argument("--pu", type=float, help="unstructured pruning ratio")
-    c.add_argument("--qw", type=int, help="weight bits (1, 2, 4, 8, 16, 32)")
-    c.add_argument("--qa", type=int, help="activation bits (2, 4, 8, 16, 32)")
-    c.add_argument("--compress-at", type=float, help="fraction of epochs trained dense first (default 0.5)")
-    k = p.add_argument_group("distillation")
-    k.add_argument("--kd-temperature", type=float, help="switch distillation on at this temperature")
-    k.add_argument("--kd-alpha", type=float, help="weight of the distillation term (default 0.5)")
+    # the search parameters' flags come from their table (search.params); the rest are train's own
+    groups = {name: p.add_argument_group(name) for name in ("model", "compression", "distillation", "training")}
+    add_arguments(p, "train", groups=groups)
+    k = groups["distillation"]
     k.add_argument("--kd-final-temperature", type=float, help="decrease T linearly to this value (seed 004: 5)")
     k.add_argument("--teacher-arch", help="teacher architecture (default resnet18)")
     k.add_argument("--teacher-epochs", type=int, help="teacher training epochs (default 30)")
-    t = p.add_argument_group("training")
+    t = groups["training"]
     t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--label-smoothing", type=float)
     t.add_argument("--schedule", help="onecycle or cosine")
     t.add_argument("--seed", type=int)
     t.add_argument("--precision", help="auto (default: bf16 autocast where the device computes bf16 natively), bf16 "
@@ -64,22 +48,24 @@ def job_from_args(args) -> tuple[Candidate, DataConfig, TeacherSpec]:
     data_raw = dict(raw.pop("data", None) or {})
     teacher_raw = dict(raw.pop("teacher", None) or {})
     cand = dict(raw)
-    for key in ("arch", "width", "groups", "depthwise", "compress_at"):
-        _set(cand, key, getattr(args, key))
-    options = dict(cand.get("arch_options") or {})
-    _set(options, "growth_rate", args.growth_rate)
-    if args.blocks is not None:
-        try:
-            options["blocks"] = [int(x) for x in args.blocks.split(",")]
-        except ValueError:
-            raise ConfigError(f"--blocks takes layer counts separated by commas, got {args.blocks!r}") from None
-    if options:
-        cand["arch_options"] = options
-    comp = dict(cand.get("compression") or {})
-    for key in ("ps", "pu", "qw", "qa"):
-        _set(comp, key, getattr(args, key))
-    if comp:
-        cand["compression"] = comp
+    train = dict(cand.get("train") or {})
+    places = {"arch_options": dict(cand.get("arch_options") or {}), "compression": dict(cand.get("compression") or {}),
+              "train": train, "augment": dict(train.get("augment") or {}), "candidate": cand}
+    for p in flags("train"):
+        if p.place == "distillation":
+            continue  # below: a temperature switches distillation on
+        value = getattr(args, p.name)
+        if value is not None and p.name == "blocks":
+            try:
+                value = [int(x) for x in value.split(",")]
+            except ValueError:
+                raise ConfigError(f"--blocks takes layer counts separated by commas, got {value!r}") from None
+        _set(places[p.place], p.key, value)
+    for place in ("arch_options", "compression"):
+        if places[place]:
+            cand[place] = places[place]
+    if places["augment"]:
+        train["augment"] = places["augment"]
     kd = cand.get("distillation")
     kd = dict(kd) if isinstance(kd, dict) else ({} if args.kd_temperature is not None else None)
     if kd is not None:
@@ -89,9 +75,7 @@ def job_from_args(args) -> tuple[Candidate, DataConfig, TeacherSpec]:
         cand["distillation"] = kd
     elif args.kd_alpha is not None or args.kd_final_temperature is not None:
         raise ConfigError("--kd-alpha and --kd-final-temperature need --kd-temperature (distillation is off)")
-    train = dict(cand.get("train") or {})
-    for key in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "schedule", "seed",
-                "precision"):
+    for key in ("epochs", "schedule", "seed", "precision"):
         _set(train, key, getattr(args, key))
     if train:
         cand["train"] = train
