@@ -313,7 +313,7 @@ def expected_knee(front):
 
 
 def test_failed_verification_writes_nothing(trained, capsys, monkeypatch):
-    monkeypatch.setattr("search.export.ACCURACY_TOLERANCE", -1.0)  # no accuracy can pass
+    monkeypatch.setattr("search.export.verification.ACCURACY_TOLERANCE", -1.0)  # no accuracy can pass
     out = trained.tmp / "never"
     assert main(["export", *args(trained, "--trial", str(trained.w8), "--out", str(out), "--format", "state_dict",
                                  "--verify")]) == 1
@@ -362,14 +362,14 @@ def _scale_last_conv_weight(path, factor):
 
 
 def test_export_verify_catches_a_wrong_onnx_weight_and_writes_nothing(quickstart, capsys, monkeypatch):
-    write = search.export._write_graphs
+    write = search.export.files._write_graphs
 
     def write_wrong(model, folder, formats, example, output):  # an exporter that gets one weight 1 % wrong
         files = write(model, folder, formats, example, output)
         _scale_last_conv_weight(folder / files["onnx"], 1.01)
         return files
 
-    monkeypatch.setattr(search.export, "_write_graphs", write_wrong)
+    monkeypatch.setattr(search.export.exports, "_write_graphs", write_wrong)  # where the exports look it up
     out = quickstart.tmp / "wrong-weight"
     assert main(["export", *quickstart.args, "--trial", str(quickstart.q16), "--out", str(out), "--verify"]) == 1
     err = capsys.readouterr().err
@@ -389,7 +389,7 @@ def test_verify_catches_a_missing_16_bit_activation_quantizer(quickstart):
     model = load_state_dict_model(out)
     [m for m in model.modules() if isinstance(m, QuantAct)][-1].__class__ = Act
     example = normalize(data.x_test[:2], card["preprocessing"]["mean"], card["preprocessing"]["std"])
-    search.export._write_graphs(model, out, ["onnx"], example, "logits")
+    search.export.files._write_graphs(model, out, ["onnx"], example, "logits")
     with pytest.raises(VerificationError, match=f"the ONNX graph holds 0 Round, {n - 1} Cast to float16 where the "
                                                 f"model's activation quantizers need 0 Round, {n} Cast to float16"):
         verify(out, data=data)

@@ -1,0 +1,158 @@
+"""Writing an export: the formats, the graphs (TorchScript, ONNX), and publishing the folder atomically (written into a
+temporary sibling, renamed into place at the end)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from search.export.card import CARD
+from search.export.errors import ExportError, VerificationError
+from search.export.onnx_tolerance import ONNX_OPSET
+from search.export.verification import VerifyReport
+
+FORMATS = ("torchscript", "onnx", "state_dict")
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+ONNX_FILE = "model.onnx"
+STATE_DICT_FILE = "state_dict.pt"
+MEMBERS_DIR = "state_dicts"      # an ensemble's members, one state dict each
+
+
+def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"torchscript,onnx"`` or a list → a tuple in canonical order; unknown names raise ExportError."""
+    if formats is None:
+        return FORMATS
+    names = [f.strip() for f in (formats.split(",") if isinstance(formats, str) else formats) if f.strip()]
+    unknown = [f for f in names if f not in FORMATS]
+    if unknown:
+        raise ExportError(f"unknown format {unknown[0]!r}; formats: {', '.join(FORMATS)}")
+    if not names:
+        raise ExportError(f"give at least one format: {', '.join(FORMATS)}")
+    return tuple(f for f in FORMATS if f in names)
+
+
+def _check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
+    needed = (["onnx"] if "onnx" in formats else []) + (["onnxruntime"] if "onnx" in formats and verify_export else [])
+    for name in needed:
+        try:
+            __import__(name)
+        except ImportError:
+            raise ExportError(f"the onnx format needs the {name} package: python3 -m pip install {name} (or leave "
+                              f"onnx out of --format)") from None
+
+
+def _write_graphs(model: nn.Module, folder: Path, formats: Sequence[str], example: torch.Tensor,
+                  output: str) -> dict:
+    files = {}
+    model.eval()
+    with warnings.catch_warnings():
+        # torch.jit.trace and the TorchScript-based ONNX exporter still work in torch 2.14 but warn that they
+        # are deprecated; the user can do nothing about it here.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if "torchscript" in formats:
+            with torch.no_grad():
+                traced = torch.jit.trace(model, example, check_trace=False)  # verify() checks it
+            traced.save(str(folder / TORCHSCRIPT_FILE))
+            files["torchscript"] = TORCHSCRIPT_FILE
+        if "onnx" in formats:
+            torch.onnx.export(model, (example,), str(folder / ONNX_FILE), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=[output],
+                              dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
+            files["onnx"] = ONNX_FILE
+    return files
+
+
+def check_out_dir(out: str | Path, force: bool) -> Path:
+    """The absolute output folder, if it can be written: new, empty, or (with ``force``) an earlier export.
+
+    ``force`` replaces only a folder that holds a ``model_card.json``, so a mistyped ``--out`` cannot wipe out
+    an unrelated folder.
+    """
+    out = Path(out).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(f"--out {out} exists and is not a folder")
+        entries = list(out.iterdir())
+        if entries:
+            if not force:
+                raise ExportError(f"--out {out} exists and is not empty ({len(entries)} entries); pass --force to "
+                                  f"replace an earlier export")
+            if not (out / CARD).is_file():
+                raise ExportError(f"--out {out} is not empty and holds no {CARD}, so it is not an earlier export; "
+                                  f"--force replaces only exports: choose a new or empty folder")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot create --out {out}: {ancestor} is not a folder")
+    # Try it rather than ask os.access: that says yes to root whatever the permission bits, and cannot know that a
+    # file system such as /proc refuses new entries to everyone.
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=f".{out.name}.probe-"))
+    except OSError:
+        raise ExportError(f"cannot create --out {out}: {ancestor} is not writable") from None
+    return out
+
+
+def _publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]) -> VerifyReport | None:
+    """Run ``write`` on a temporary sibling folder of ``out``, then rename it to ``out``; clean up on failure."""
+    created = []  # parent folders made here, removed again on failure
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    tmp = None
+    try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        except OSError as e:
+            raise ExportError(f"cannot write --out {out}: {e.strerror or e}") from None
+        try:
+            report = write(tmp)
+        except VerificationError as e:
+            raise VerificationError(f"{e}; nothing was written to {out}") from None
+        except OSError as e:
+            raise ExportError(f"cannot write --out {out}: {e.strerror or e}") from None
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        check_out_dir(out, force)  # again: something may have appeared there meanwhile
+        _swap(tmp, out)
+        tmp = None
+        return report
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / "export"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    finally:
+        shutil.rmtree(old.parent, ignore_errors=True)
