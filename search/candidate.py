@@ -81,7 +81,7 @@ class Costs:
 
     dense: Complexity
     compressed: Complexity
-    course_score: Score      # the formula on the dense counts with the candidate's ps, pu, qw, qa
+    score: Score             # the seeds' formula on the dense counts with the candidate's ps, pu, qw, qa
     measured_score: Score    # the formula on the measured compressed counts (pruning already in them)
 
 
@@ -105,9 +105,9 @@ _DENSE: dict[str, Complexity] = {}
 
 
 def _costs(c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Costs:
-    course = compute_score(dense.params, dense.macs, c, reference)
+    score = compute_score(dense.params, dense.macs, c, reference)
     measured = compute_score(compressed.nonzero_params, compressed.macs, Compression(qw=c.qw, qa=c.qa), reference)
-    return Costs(dense, compressed, course, measured)
+    return Costs(dense, compressed, score, measured)
 
 
 @dataclass
@@ -132,8 +132,8 @@ class CandidateResult:
             "params": c.dense.params, "macs": c.dense.macs, "dense_nonzero_params": c.dense.nonzero_params,
             "compressed_params": c.compressed.params, "compressed_macs": c.compressed.macs,
             "nonzero_params": c.compressed.nonzero_params, "sparsity": self.sparsity,
-            "score": c.course_score.total, "param_term": c.course_score.param_term,
-            "macs_term": c.course_score.macs_term, "measured_score": c.measured_score.total,
+            "score": c.score.total, "param_term": c.score.param_term,
+            "macs_term": c.score.macs_term, "measured_score": c.measured_score.total,
             "epochs_run": self.epochs_run, "wall_s": self.wall_s, "train_images_per_s": self.train_images_per_s,
         }
 

@@ -90,7 +90,7 @@ class Objective:
             trial,
             dense_params=cost.dense.params, dense_macs=cost.dense.macs,
             compressed_params=cost.compressed.params, compressed_macs=cost.compressed.macs,
-            nonzero_params=cost.compressed.nonzero_params, course_score=cost.course_score.total,
+            nonzero_params=cost.compressed.nonzero_params, score=cost.score.total,
             measured_score=cost.measured_score.total, device=str(self.data.device),
             dense_epochs=candidate.dense_epochs, before_values=before,
         )
@@ -325,7 +325,7 @@ def known_before(objectives: Objectives, t) -> dict[str, float]:
     if t.state == TrialState.COMPLETE:
         return {m.name: objectives.value(t, m.name) for m in objectives.before}
     r = TrialRecord.of(t)
-    return objectives.before_values(r.before_values, r.course_score)
+    return objectives.before_values(r.before_values, r.score)
 
 
 def _duplicate_of(trial) -> str | None:

@@ -99,7 +99,7 @@ class Score(Metric):
     log_axis: ClassVar[bool] = True
 
     def compute(self, subject: Subject) -> float:
-        return float(subject.costs.course_score.total)
+        return float(subject.costs.score.total)
 
 
 @dataclass(frozen=True)
@@ -387,12 +387,12 @@ class Objectives(tuple):
                 ref.append(worst * 1.1 if m.direction == "minimize" else worst / 1.1)
         return tuple(ref)
 
-    def before_values(self, record_values: dict | None, course_score: float | None) -> dict[str, float]:
+    def before_values(self, record_values: dict | None, score: float | None) -> dict[str, float]:
         """The before-training values a trial recorded (``before_values``); a trial stored before that field
-        recorded only its score (``course_score``)."""
+        recorded only its score (``score``)."""
         if record_values:
             return dict(record_values)
-        return {} if course_score is None else {"score": course_score}
+        return {} if score is None else {"score": score}
 
     def stop_costs(self, known: dict[str, float]) -> tuple[float, ...] | None:
         """The before-training objectives' values as the stoppers compare them (each minimized), or None when one is

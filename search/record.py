@@ -23,7 +23,7 @@ class TrialRecord:
     compressed_params: int | None = None
     compressed_macs: int | None = None
     nonzero_params: int | None = None      # measured again after training
-    course_score: float | None = None      # the study's score objective, also on trials stopped early
+    score: float | None = None             # the seeds' score, known before training (also on stopped trials)
     measured_score: float | None = None
     dense_epochs: int | None = None        # the epoch it was compressed after (stoppers compare like with like)
     before_values: dict | None = None      # the objectives known before training, by name (search.objectives)
@@ -54,10 +54,15 @@ class TrialRecord:
     def of(cls, trial) -> TrialRecord:
         """The record of a trial (``FrozenTrial`` or a live ``Trial``); keys it does not know are ignored."""
         attrs = trial.user_attrs
-        return cls(**{k: attrs[k] for k in _KEYS if k in attrs})
+        values = {k: attrs[k] for k in _KEYS if k in attrs}
+        for new, old in RENAMED.items():  # a study stored before the rename reads the same
+            if new not in values and old in attrs:
+                values[new] = attrs[old]
+        return cls(**values)
 
 
 _KEYS = frozenset(f.name for f in fields(TrialRecord))
+RENAMED = {"score": "course_score"}  # field: the key it was stored under before
 
 
 def write(trial, **values) -> None:

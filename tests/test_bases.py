@@ -288,4 +288,4 @@ enqueue: [{{ps: 0.5}}, {{ps: 0.1}}]
 def costs_of(ps):
     from search.candidate import costs
 
-    return costs(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).course_score.total
+    return costs(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).score.total

@@ -28,16 +28,16 @@ def test_costs_before_training_follow_each_knob():
     base = costs(small(), 10)
     assert base.dense == base.compressed
     # measured counts non-zero parameters: a fresh model's zero BN biases make it a hair lower
-    assert base.measured_score.total == pytest.approx(base.course_score.total, rel=0.01)
-    assert base.measured_score.total <= base.course_score.total
+    assert base.measured_score.total == pytest.approx(base.score.total, rel=0.01)
+    assert base.measured_score.total <= base.score.total
     ps = costs(small(compression=Compression(ps=0.5)), 10)
     assert ps.compressed.macs < 0.5 * ps.dense.macs and ps.compressed.params < 0.5 * ps.dense.params
     pu = costs(small(compression=Compression(pu=0.6)), 10)
     assert pu.compressed.macs == pu.dense.macs
     assert pu.compressed.nonzero_params < 0.5 * pu.dense.params
     q = costs(small(compression=Compression(qw=8, qa=8)), 10)
-    assert q.course_score.total == pytest.approx(base.course_score.total / 4)
-    assert q.measured_score.total == pytest.approx(q.course_score.total, rel=0.01)
+    assert q.score.total == pytest.approx(base.score.total / 4)
+    assert q.measured_score.total == pytest.approx(q.score.total, rel=0.01)
 
 
 def _accuracy(model, x, y, data):

@@ -3,6 +3,7 @@
 
 import optuna
 from optuna.trial import TrialState
+from tiny import write_tiny_study
 
 from search.runner import run_study
 from search.study import load_study_file
@@ -16,22 +17,8 @@ params:
 
 
 def write_study(tmp_path, extra="", n_trials=3, enqueue=""):
-    (tmp_path / "space.yaml").write_text(SPACE)
-    path = tmp_path / "cost.yaml"
-    path.write_text(f"""\
-name: cost
-space: {tmp_path / 'space.yaml'}
-storage: sqlite:///{tmp_path / 'cost.db'}
-artifacts: {tmp_path / 'artifacts'}
-data: {{name: digits, subset: 300}}
-sampler: {{name: random, seed: 0}}
-train: {{epochs: 3, batch_size: 32}}
-stopper: {{name: none, skip_dominated: false}}
-n_trials: {n_trials}
-{extra}
-enqueue:
-{enqueue}""")
-    return path
+    return write_tiny_study(tmp_path, name="cost", db="cost", space=SPACE, n_trials=n_trials, subset=300, epochs=3,
+                            seed=0, extra=f"{extra}\nenqueue:\n{enqueue}")
 
 
 def test_a_candidate_projected_over_the_cap_stops_after_its_first_epoch(tmp_path):

@@ -13,6 +13,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from tiny import write_tiny_study
 
 from search.cli import main
 from search.runner import run_study
@@ -38,19 +39,7 @@ params:
 
 def finished_study(tmp_path, n_trials=4) -> tuple[optuna.Study, str]:
     """A real tiny study (digits, ResNet20 at width 0.25, 2 epochs) with checkpoints in tmp_path/artifacts."""
-    (tmp_path / "space.yaml").write_text(SPACE)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(f"""\
-name: tiny
-space: {tmp_path / 'space.yaml'}
-storage: sqlite:///{tmp_path / 'tiny.db'}
-artifacts: {tmp_path / 'artifacts'}
-data: {{name: digits, subset: 400}}
-sampler: {{name: random, seed: 3}}
-train: {{epochs: 2, batch_size: 32}}
-stopper: {{name: none, skip_dominated: false}}
-n_trials: {n_trials}
-""")
+    path = write_tiny_study(tmp_path, space=SPACE, n_trials=n_trials)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread is as fast, and far faster when another process holds a core
     try:

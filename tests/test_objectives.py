@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
+from tiny import write_tiny_study
 
 from search.candidate import Candidate, costs
 from search.compress.compression import Compression
@@ -142,7 +143,7 @@ def test_a_front_of_latencies_from_different_hardware_is_refused():
 
 
 def test_a_stored_study_with_other_objectives_is_refused(tmp_path):
-    from tests.test_study import cli, db_snapshot, write_study
+    from test_study import cli, db_snapshot, write_study
 
     path = write_study(tmp_path, n_trials=1, space="params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n")
     assert cli("run", str(path)).returncode == 0
@@ -162,22 +163,13 @@ def _cli(*args):
 def test_a_three_objective_study_runs_end_to_end(tmp_path):
     """accuracy, score and latency: the run, the front table and JSON, the pairwise plot, export by latency with
     --verify, and the metric names the dashboard shows."""
-    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n"
-                                         "  ps: {low: 0.0, high: 0.6}\n  qw: {choices: [8, 32]}\n")
-    study_file = tmp_path / "three.yaml"
+    space = "params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n  ps: {low: 0.0, high: 0.6}\n" \
+            "  qw: {choices: [8, 32]}\n"
+    study_file = write_tiny_study(
+        tmp_path, name="three", db="three", space=space, seed=1,
+        stopper="{name: moasha, min_epochs: 1, reduction_factor: 2, min_trials: 3}",
+        extra="objectives: [accuracy, score, {latency: {warmup: 3, repeats: 15}}]\n")
     db = f"sqlite:///{tmp_path / 'three.db'}"
-    study_file.write_text(f"""\
-name: three
-space: {tmp_path / 'space.yaml'}
-storage: {db}
-artifacts: {tmp_path / 'artifacts'}
-data: {{name: digits, subset: 400}}
-sampler: {{name: random, seed: 1}}
-train: {{epochs: 2, batch_size: 32}}
-stopper: {{name: moasha, min_epochs: 1, reduction_factor: 2, min_trials: 3}}
-objectives: [accuracy, score, {{latency: {{warmup: 3, repeats: 15}}}}]
-n_trials: 4
-""")
     run = _cli("run", str(study_file))
     assert run.returncode == 0, run.stderr
     assert "latency" in run.stderr and " ms " in run.stdout  # the run's log and its front table
@@ -212,3 +204,18 @@ n_trials: 4
                     "--out", str(tmp_path / "none"))
     assert too_fast.returncode == 2 and "the fastest takes" in too_fast.stderr
     assert len(too_fast.stderr.strip().splitlines()) == 1 and not (tmp_path / "none").exists()
+
+    # the dashboard serves the three metric names (its axes and table headers)
+    from test_dashboard import free_port, get_json, wait_for_http
+
+    port, log = free_port(), tmp_path / "dashboard.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--storage", db, "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/meta", proc, log)
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{study._study_id}")
+        assert detail["objective_names"] == ["val_accuracy", "score", "latency_ms"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

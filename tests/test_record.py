@@ -12,12 +12,12 @@ from search.record import TrialRecord
 def test_written_fields_read_back_and_other_keys_are_ignored():
     study = optuna.create_study(directions=["maximize", "minimize"])
     trial = study.ask()
-    record.write(trial, course_score=0.05, dense_epochs=3, base_reused=True, resume={"artifact_id": "x", "epoch": 2})
+    record.write(trial, score=0.05, dense_epochs=3, base_reused=True, resume={"artifact_id": "x", "epoch": 2})
     trial.set_user_attr("something_else", 1)  # a key another tool wrote
-    assert record.has(trial, "course_score") and not record.has(trial, "measured_score")
+    assert record.has(trial, "score") and not record.has(trial, "measured_score")
     study.tell(trial, [0.5, 0.05])
     r = TrialRecord.of(study.trials[0])
-    assert (r.course_score, r.dense_epochs, r.base_reused) == (0.05, 3, True)
+    assert (r.score, r.dense_epochs, r.base_reused) == (0.05, 3, True)
     assert r.resume == {"artifact_id": "x", "epoch": 2}
     assert r.measured_score is None and r.pruned_reason is None
 
@@ -38,5 +38,6 @@ def test_the_keys_are_those_of_studies_stored_before_the_record_existed():
     trial = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
                                       user_attrs=old)
     r = TrialRecord.of(trial)
-    assert {k: getattr(r, k) for k in old} == old
-    assert {f.name for f in dataclasses.fields(TrialRecord)} >= set(old)
+    renamed = {"course_score": "score"}  # stored under its old name, read under its new one
+    assert {k: getattr(r, renamed.get(k, k)) for k in old} == old
+    assert {f.name for f in dataclasses.fields(TrialRecord)} >= {renamed.get(k, k) for k in old}

@@ -135,7 +135,7 @@ def test_moasha_sees_stopped_and_running_trials_too():
     made = []
     for state in ("complete", "pruned", "running", "running-no-curve", "me"):
         t = study.ask()
-        t.set_user_attr("course_score", 0.5)
+        t.set_user_attr("score", 0.5)
         if state != "running-no-curve":
             study._storage.set_trial_intermediate_value(t._trial_id, 1, 0.3)
         if state == "complete":

@@ -6,39 +6,16 @@ import sys
 import optuna
 import pytest
 from optuna.trial import TrialState
+from tiny import SPACE, write_tiny_study
 
 from search.checkpoint import load_candidate_checkpoint
 from search.front import dominates, front_rows, front_trials, hypervolume
 from search.runner import run_study
 from search.study import load_study_file, open_study
 
-SPACE = """\
-params:
-  arch: {value: resnet20}
-  width: {value: 0.25}
-  groups: {choices: [1, 2, 3]}
-  ps: {low: 0.0, high: 0.6}
-  pu: {low: 0.0, high: 0.3}
-  qw: {choices: [8, 32]}
-  lr: {low: 0.05, high: 0.2, log: true}
-"""
-
 
 def write_study(tmp_path, n_trials=4, extra="", name="tiny", space=SPACE):
-    (tmp_path / "space.yaml").write_text(space)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"""\
-name: {name}
-space: {tmp_path / 'space.yaml'}
-storage: sqlite:///{tmp_path / 'tiny.db'}
-artifacts: {tmp_path / 'artifacts'}
-data: {{name: digits, subset: 400}}
-sampler: {{name: random, seed: 3}}
-train: {{epochs: 2, batch_size: 32}}
-stopper: {{name: none, skip_dominated: false}}
-n_trials: {n_trials}
-{extra}""")
-    return path
+    return write_tiny_study(tmp_path, name=name, space=space, n_trials=n_trials, extra=extra)
 
 
 def test_study_runs_records_and_resumes(tmp_path):
@@ -52,10 +29,10 @@ def test_study_runs_records_and_resumes(tmp_path):
     for t in complete:
         assert t.intermediate_values.keys() == {1, 2}  # one validation accuracy per epoch, for the dashboard
         for key in ("dense_params", "dense_macs", "compressed_params", "compressed_macs", "nonzero_params",
-                    "course_score", "measured_score", "epochs_run", "wall_s", "images_per_s", "device",
+                    "score", "measured_score", "epochs_run", "wall_s", "images_per_s", "device",
                     "candidate", "checkpoint_artifact_id"):
             assert key in t.user_attrs, key
-        assert t.values[1] == pytest.approx(t.user_attrs["course_score"])
+        assert t.values[1] == pytest.approx(t.user_attrs["score"])
     # the enqueued groups=3 ran first: 3 does not divide the 4 channels of width 0.25, so it was pruned with the
     # reason, and the study went on
     first = trials[0]

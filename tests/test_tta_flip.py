@@ -49,8 +49,8 @@ def test_the_score_counts_both_passes():
     a, b = costs(plain, 10), costs(flip, 10)
     assert b.dense.params == a.dense.params and b.compressed.params == a.compressed.params
     assert b.dense.macs == 2 * a.dense.macs and b.compressed.macs == 2 * a.compressed.macs
-    assert b.course_score.param_term == a.course_score.param_term
-    assert b.course_score.macs_term == pytest.approx(2 * a.course_score.macs_term)
+    assert b.score.param_term == a.score.param_term
+    assert b.score.macs_term == pytest.approx(2 * a.score.macs_term)
 
 
 def test_a_compressed_candidate_trains_and_its_accuracy_is_the_averaged_models(tmp_path):

@@ -244,7 +244,7 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
         trials.append({
             "number": t.number, "state": t.state.name, "at_s": at,
             "values": list(t.values) if t.state == TrialState.COMPLETE else None,
-            "score": objectives.value(t, "score") if t.state == TrialState.COMPLETE else a.course_score,
+            "score": objectives.value(t, "score") if t.state == TrialState.COMPLETE else a.score,
             "epochs_run": len(t.intermediate_values), "pruned_reason": a.pruned_reason,
             "base_reused": a.base_reused, "epochs_saved": a.epochs_saved or 0,
             "candidate": a.candidate, "macs": a.dense_macs, "wall_s": a.wall_s,

@@ -8,9 +8,8 @@ convention, the sum of the members' scores, and the vote's test accuracy measure
 from __future__ import annotations
 
 import argparse
-import sys
 
-from search.cli.export import add_common_arguments, print_summary
+from search.cli.export import add_common_arguments, choose_and_export
 
 
 def add_parser(commands) -> None:
@@ -30,17 +29,8 @@ def trial_list(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    from search.cli.front import load_existing_study
-    from search.export import VerificationError, export_ensemble, parse_formats, select_members
+    from search.export import export_ensemble, select_members
 
-    formats = parse_formats(args.format)
-    study = load_existing_study(args.storage, args.study)
-    members = select_members(study, trials=args.trials, top_k=args.top_k)
-    try:
-        result = export_ensemble(study, members, args.out, formats, force=args.force, verify_export=args.verify,
-                                 data_path=args.data_path)
-    except VerificationError as e:
-        print(f"micronet-search: {e}", file=sys.stderr)
-        return 1
-    print_summary(result, f"ensemble of trials {', '.join(str(t.number) for t in members)} of {args.study}")
-    return 0
+    return choose_and_export(
+        args, lambda study: select_members(study, trials=args.trials, top_k=args.top_k), export_ensemble,
+        lambda members: f"ensemble of trials {', '.join(str(t.number) for t in members)} of {args.study}")

@@ -50,20 +50,30 @@ def add_common_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from search.export import export_model, select_trial
+
+    return choose_and_export(
+        args, lambda study: select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee,
+                                         max_latency_ms=args.max_latency_ms, mixed_hardware=args.mixed_hardware),
+        export_model, lambda trial: f"exported trial {trial.number} of {args.study}")
+
+
+def choose_and_export(args, choose, export, title) -> int:
+    """What ``export`` and ``ensemble`` share: open the study, ``choose`` what to export from it, ``export`` it with
+    the common flags, print the summary titled ``title(chosen)``; a failed verification is exit 1."""
     from search.cli.front import load_existing_study
-    from search.export import VerificationError, export_model, parse_formats, select_trial
+    from search.export import VerificationError, parse_formats
 
     formats = parse_formats(args.format)
     study = load_existing_study(args.storage, args.study)
-    trial = select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee,
-                         max_latency_ms=args.max_latency_ms, mixed_hardware=args.mixed_hardware)
+    chosen = choose(study)
     try:
-        result = export_model(study, trial, args.out, formats, force=args.force, verify_export=args.verify,
-                              data_path=args.data_path)
+        result = export(study, chosen, args.out, formats, force=args.force, verify_export=args.verify,
+                        data_path=args.data_path)
     except VerificationError as e:
         print(f"micronet-search: {e}", file=sys.stderr)
         return 1
-    print_summary(result, f"exported trial {trial.number} of {args.study}")
+    print_summary(result, title(chosen))
     return 0
 
 

@@ -122,7 +122,7 @@ def _print(s: dict, candidate: Candidate) -> None:
     table.add_row("MACs (dense → compressed)", f"{s['macs']:,} → {s['compressed_macs']:,}")
     table.add_row("non-zero params", f"{s['nonzero_params']:,}")
     table.add_row("weight sparsity", f"{s['sparsity']:.2%}")
-    table.add_row("score (course formula)", f"{s['score']:.6f}", style="bold")
+    table.add_row("score (the seeds' formula)", f"{s['score']:.6f}", style="bold")
     table.add_row("measured score", f"{s['measured_score']:.6f}")
     table.add_row("epochs", str(s["epochs_run"]))
     table.add_row("wall time", f"{s['wall_s']:.1f} s")

@@ -51,7 +51,7 @@ def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> di
             "pruning": {"ps": compression.ps, "pu": compression.pu},
             # the graph averages each image's logits with its mirror's: twice the MACs, counted in the score
             "test_time_flip": isinstance(model, FlipAverage),
-            "complexity": counts, "score": a.course_score, "score_terms": None,
+            "complexity": counts, "score": a.score, "score_terms": None,
             "measured_score": a.measured_score, "measured_score_terms": None,
             "score_reference": {"params": reference.params, "macs": reference.macs},
             "objectives": Objectives.of_study(study).values(trial)}  # the study's objectives, by name
