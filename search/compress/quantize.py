@@ -135,12 +135,10 @@ def fake_quantize_activation(x: Tensor, bits: int, max_value: Tensor | float) ->
 
 # --- the modules ---
 
-class QuantConv2d(nn.Conv2d):
-    """A Conv2d whose forward uses its weight fake-quantized to ``weight_bits`` bits.
-
-    The forward reads ``self.weight`` at call time. A ``torch.nn.utils.prune`` pre-hook sets it to
-    ``weight_orig * mask`` just before, so what gets quantized is the masked weight, and zeros stay zero.
-    """
+class _WeightBits:
+    """What the weight-quantized layers share: ``weight_bits``, the quantized weight, and its repr. Listed before the
+    torch layer in the bases, so ``super().__init__`` reaches the layer's (TorchScript compiles ``forward`` and the
+    methods it calls, these included: tests/test_quantize.py scripts both layers)."""
 
     def __init__(self, *args, weight_bits: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
@@ -150,31 +148,26 @@ class QuantConv2d(nn.Conv2d):
         """The weight the forward computes with."""
         return _quantize_weight(self.weight, self.weight_bits)
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
+
+
+class QuantConv2d(_WeightBits, nn.Conv2d):
+    """A Conv2d whose forward uses its weight fake-quantized to ``weight_bits`` bits.
+
+    The forward reads ``self.weight`` at call time. A ``torch.nn.utils.prune`` pre-hook sets it to
+    ``weight_orig * mask`` just before, so what gets quantized is the masked weight, and zeros stay zero.
+    """
+
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
 
-
-class QuantLinear(nn.Linear):
-    """A Linear whose forward uses its weight fake-quantized to ``weight_bits`` bits (see :class:`QuantConv2d`).
-
-    The few lines it shares with QuantConv2d stay written twice: a shared mixin class breaks ``torch.jit.script``
-    (the TorchScript export), which cannot resolve a plain mixin's attributes (tried: tests/test_quantize.py)."""
-
-    def __init__(self, *args, weight_bits: int = 8, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weight_bits = weight_bits
-
-    def quantized_weight(self) -> Tensor:
-        return _quantize_weight(self.weight, self.weight_bits)
+class QuantLinear(_WeightBits, nn.Linear):
+    """A Linear whose forward uses its weight fake-quantized to ``weight_bits`` bits (see :class:`QuantConv2d`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.quantized_weight(), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, weight_bits={self.weight_bits}"
 
 
 class QuantAct(Act):
