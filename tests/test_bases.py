@@ -248,14 +248,16 @@ n_trials: 4
 
 
 class StopLightlyCompressedAtEpochOne:
-    """Stops, at epoch 1, every trial whose score is above a bar (as a rung would stop a dominated sibling)."""
+    """Stops, at epoch 1, every trial whose score is above a bar (as a rung would stop a dominated sibling). The
+    costs it is given are the objectives known before training: here the score alone."""
 
     sees = "complete"
 
     def __init__(self, bar):
         self.bar = bar
 
-    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+    def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
+        (score,) = costs
         return f"epoch {epoch}: score {score:.4g} above the bar" if epoch == 1 and score > self.bar else None
 
 

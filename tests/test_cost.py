@@ -70,7 +70,7 @@ class StopAt:
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def should_stop(self, epoch, accuracy, score, finished, dense_epochs=None):
+    def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
         return f"told to stop at epoch {epoch}" if epoch == self.epoch else None
 
 
