@@ -4,6 +4,7 @@ written, the audit trains stopped trials to the end, and a second call reuses th
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 from search.bench.search import ARMS, QUICK, hv_curve, schedule, time_to
 
@@ -104,3 +105,17 @@ def test_runs_read_the_study_as_it_was_when_the_benchmark_started(tmp_path):
     assert first.train.epochs == later.config.train.epochs == 3
     assert next(p for p in later.space.params if p.name == "width").choices == (0.25, 0.5)
     assert (work / "snapshot" / "study.yaml").read_text().startswith(f"# copied from {study.resolve()}")
+
+
+def test_a_baseline_run_with_too_few_trials_is_flagged_with_the_budget_that_would_do():
+    from search.bench.search import Plan, too_few_trials
+
+    plan = Plan()  # 1380 s per run, 30 trials needed
+    enough = {"arm": "random", "seed": 0, "complete": 28, "stopped": 2}
+    assert too_few_trials(enough, plan) is None
+    # 13 trials in 1380 s (measured on a float32-only CPU): 106 s a trial, 30 of them with 15 % margin, in minutes
+    warning = too_few_trials({"arm": "random", "seed": 0, "complete": 13, "stopped": 0}, plan)
+    assert "finished 13 trials in 1380 s, under the 30" in warning and "--budget 3720" in warning
+    assert too_few_trials({"arm": "random", "seed": 0, "complete": 0, "stopped": 0}, plan) is not None
+    assert too_few_trials({"arm": "random", "seed": 0, "complete": 1, "stopped": 0}, replace(plan, min_trials=0)) \
+        is None  # --quick asks for no minimum
