@@ -176,7 +176,9 @@ def test_training_precision_is_what_the_config_says_and_evaluation_stays_float32
 
     torch.manual_seed(0)
     model = quantize_model(prune_structured(build_model("resnet20", width=0.5), 0.3), 8, 8)
-    trainer = Trainer(model, digits, TrainConfig(epochs=3, lr=0.1, batch_size=64, precision=precision))
+    # 4 epochs: after 3 the accuracy sits near the bar (0.59-0.66 with bf16 emulated on an AVX2-only CPU, run to
+    # run); after 4 it is 0.83-0.86 on that machine
+    trainer = Trainer(model, digits, TrainConfig(epochs=4, lr=0.1, batch_size=64, precision=precision))
     # training steps in the config's precision; the per-epoch validation in float32
     assert _conv_output_dtypes(model, trainer.run) == {True: {dtype}, False: {torch.float32}}
     assert trainer.history[-1].val_accuracy > 0.6  # learns under QAT in either precision (chance is 0.1)
