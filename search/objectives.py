@@ -18,13 +18,11 @@ Adding an objective is one subclass of :class:`Metric` and a :func:`register` ca
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,12 +177,11 @@ class Latency(Metric):
         import onnxruntime as ort
         import torch
 
+        from search.export.files import _write_graphs
+
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notes
-                torch.onnx.export(model, (torch.from_numpy(example),), str(path), dynamo=False, opset_version=17,
-                                  input_names=["input"], output_names=["logits"])
+            # the very graph `micronet-search export` writes (same exporter, opset and names)
+            path = Path(tmp) / _write_graphs(model, Path(tmp), ["onnx"], torch.from_numpy(example), "logits")["onnx"]
             options = ort.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -419,7 +416,3 @@ def check_hardware(objectives: Objectives, trials: Sequence, mixed: bool = False
         (a, na), (b, nb) = list(seen.items())[:2]
         raise ConfigError(f"latency was measured on different hardware: trial {na} on {a[1]} ({a[0]}), trial {nb} "
                           f"on {b[1]} ({b[0]}); compare like with like, or pass --mixed-hardware to accept it")
-
-
-def finite(value) -> bool:
-    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from search.config import number as is_number  # the one number check (search.config)
 from search.errors import ConfigError
 
 WEIGHT_BITS = (1, 2, 4, 8, 16, 32)
 ACTIVATION_BITS = (2, 4, 8, 16, 32)
-
-
-def is_number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
