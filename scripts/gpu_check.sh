@@ -49,9 +49,9 @@ tests() {  # the tests whose code paths differ on CUDA (device auto = cuda there
 study() {  # every arch and compression once, 2 trials sharing the GPU; then the front and an export verified
   local db="sqlite:////tmp/gpu-check.db" n=10 file=studies/gpu-check.yaml
   rm -f /tmp/gpu-check.db && rm -rf /tmp/gpu-check-artifacts /tmp/gpu-check-export
-  if [ "$QUICK" = 1 ]; then  # 1 epoch per trial and for the teacher, 6 trials (the 5 enqueued, one sampled)
+  if [ "$QUICK" = 1 ]; then  # 2 epochs per trial and for the teacher, 6 trials (the 5 enqueued, one sampled)
     n=6 file=/tmp/gpu-check-quick.yaml
-    sed -e "s#^space: #space: $PWD/#" -e 's/epochs: [0-9]*/epochs: 1/g' studies/gpu-check.yaml > "$file"
+    sed -e "s#^space: #space: $PWD/#" -e 's/epochs: [0-9]*/epochs: 2/g' studies/gpu-check.yaml > "$file"
   fi
   ms run "$file" --storage "$db" --data-path "$DATA" --n-trials "$n" --trials-per-gpu 2 \
     --artifacts /tmp/gpu-check-artifacts || return 1
