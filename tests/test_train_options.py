@@ -203,7 +203,7 @@ storage: sqlite:///{tmp_path / 's.db'}
 artifacts: {tmp_path / 'artifacts'}
 data: {{name: digits, subset: 400, val_fraction: 0.25, seed: 0}}
 sampler: {{name: random, seed: 0}}
-train: {{epochs: 3, batch_size: 32, lr: 0.1, ema: {ema}, precision: fp32}}
+train: {{epochs: 5, batch_size: 32, lr: 0.1, ema: {ema}, precision: fp32}}
 stopper: {{name: none, skip_dominated: false}}
 n_trials: 1
 """)
