@@ -5,7 +5,18 @@ import json
 import subprocess
 import sys
 
-from search.bench.recipe import CONFIGS, QUICK, best_combination, merge, recipe_overrides, summarize
+from search.bench.recipe import (
+    CONFIGS,
+    QUICK,
+    Plan,
+    best_combination,
+    best_recipe,
+    markdown,
+    merge,
+    recipe_overrides,
+    speed_ratio,
+    summarize,
+)
 
 
 def test_quick_recipe_benchmark_runs_records_and_resumes(tmp_path):
@@ -46,3 +57,47 @@ def test_recipes_and_the_combination():
     rows = summarize(records, ["today", "mixup"])
     mixup = next(r for r in rows if r["recipe"] == "mixup" and r["config"] == "dense")
     assert round(mixup["gain"], 6) == 0.1 and mixup["reach_epoch"] == 2 and mixup["images_per_s_ratio"] == 1.0
+
+
+def rec(recipe, config, acc, seed=0, speed=100.0, machine="cpu A", epochs=2):
+    return {"recipe": recipe, "config": config, "seed": seed, "val_accuracy": acc,
+            "curve": [acc / 2] * (epochs - 1) + [acc], "images_per_s": speed, "machine": machine}
+
+
+def test_evaluation_options_never_join_the_combination_or_the_default():
+    records = [rec(r, c, acc) for c in CONFIGS for r, acc in (("today", 0.5), ("mixup", 0.6), ("ema", 0.55),
+                                                                ("tta-flip", 0.7))]
+    assert best_combination(records, ("mixup", "ema", "tta-flip")) == "mixup+ema"
+    assert best_recipe(records, ["today", "mixup", "ema", "tta-flip"]) == "mixup"
+    assert recipe_overrides("mixup+ema@12") == {"epochs": 12, "mixup": 0.2, "ema": 0.99}
+
+
+def test_the_best_recipe_must_keep_90_percent_of_todays_images_per_second():
+    records = [rec("today", c, 0.5) for c in CONFIGS] + [rec("mixup", c, 0.6, speed=85.0) for c in CONFIGS] + \
+        [rec("ema", c, 0.55, speed=95.0) for c in CONFIGS]
+    assert best_recipe(records, ["today", "mixup", "ema"]) == "ema"  # mixup is more accurate but 15 % slower
+    slower_today = [rec("today", c, 0.6) for c in CONFIGS] + [rec("ema", c, 0.55) for c in CONFIGS]
+    assert best_recipe(slower_today, ["today", "ema"]) is None  # nothing beats today's
+
+
+def test_the_speed_ratio_pairs_runs_of_one_seed_on_one_machine():
+    # seed 0 ran on a machine twice as fast as seed 1's: medians of each recipe would mix them
+    records = [rec("today", "dense", 0.5, 0, 200.0, "fast"), rec("today", "dense", 0.5, 1, 100.0, "slow"),
+               rec("ema", "dense", 0.5, 0, 180.0, "fast"), rec("ema", "dense", 0.5, 1, 90.0, "slow"),
+               rec("mixup", "dense", 0.5, 0, 100.0, "slow")]  # seed 0 of today's ran elsewhere: no pair
+    assert round(speed_ratio(records, "ema", "dense"), 6) == 0.9
+    assert speed_ratio(records, "mixup", "dense") is None
+
+
+def test_the_verdict_reads_the_short_schedule_run():
+    plan = Plan(epochs=10, seeds=(0,))
+    records = [rec("today", c, 0.50, epochs=10) for c in CONFIGS] + \
+        [rec("ema", c, 0.52, epochs=10) for c in CONFIGS] + [rec("ema@6", c, 0.505, epochs=6) for c in CONFIGS]
+    text = markdown(summarize(records, ["today", "ema", "ema@6"]), plan, "cpu", "cmd", 1.0, "ema")
+    assert "**Target met** on dense ResNet20: best recipe `ema`: +2.0 points at 10 epochs (target +3: not met)" in text
+    assert "at 6 epochs (60 %) its median is +0.5 points" in text and "(target ≥ 0: met)" in text
+    short_loses = [r for r in records if r["recipe"] != "ema@6"] + [rec("ema@6", c, 0.49, epochs=6) for c in CONFIGS]
+    text = markdown(summarize(short_loses, ["today", "ema", "ema@6"]), plan, "cpu", "cmd", 1.0, "ema")
+    assert "**Target not met**" in text
+    assert "**Target not met**: no training option" in markdown(
+        summarize(records, ["today"]), plan, "cpu", "cmd", 1.0, None)

@@ -178,3 +178,43 @@ def test_ema_is_the_closed_form_average_and_is_what_is_evaluated_and_kept():
     assert result.val_accuracy == pytest.approx(kept)
     with pytest.raises(ConfigError, match="ema must be a decay in"):
         TrainConfig(ema=1.0)
+
+
+def test_a_study_trained_with_ema_exports_the_averaged_weights(tmp_path):
+    """End to end: the trial reports the average's accuracy, and the exported TorchScript model is that average. A
+    strong decay over few steps keeps the average near its start, far from the raw weights, so the raw weights
+    exported by mistake would show: the same candidate trained without EMA is measured beside it."""
+    import optuna
+
+    from search.cli import main
+    from search.runner import run_study
+    from search.study import load_study_file
+    from search.train import evaluate
+
+    accuracies = {}
+    for ema in (0.0, 0.99):
+        name = f"ema{int(100 * ema)}"
+        (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"
+                                             "  ps: {value: 0.3}\n  qw: {value: 8}\n")
+        (tmp_path / f"{name}.yaml").write_text(f"""\
+name: {name}
+space: space.yaml
+storage: sqlite:///{tmp_path / 's.db'}
+artifacts: {tmp_path / 'artifacts'}
+data: {{name: digits, subset: 400, val_fraction: 0.25, seed: 0}}
+sampler: {{name: random, seed: 0}}
+train: {{epochs: 5, batch_size: 32, lr: 0.1, ema: {ema}, precision: fp32}}
+stopper: {{name: none, skip_dominated: false}}
+n_trials: 1
+""")
+        study = run_study(load_study_file(tmp_path / f"{name}.yaml"))
+        (trial,) = study.trials
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        accuracies[ema] = trial.values[0]
+    out = tmp_path / "model"
+    assert main(["export", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "ema99", "--trial", "0",
+                 "--format", "torchscript", "--out", str(out), "--verify"]) == 0
+    exported = torch.jit.load(str(next(out.glob("*.pt"))))
+    data = load_data(DataConfig(name="digits", subset=400, val_fraction=0.25, seed=0))
+    assert abs(accuracies[0.99] - accuracies[0.0]) > 0.05, accuracies  # the average is not the raw weights
+    assert evaluate(exported, data.x_val, data.y_val, data.mean, data.std) == pytest.approx(accuracies[0.99], abs=0.02)
