@@ -10,7 +10,7 @@
 # On the device (run tool: carry [".whl", ".data"], timeout_s 600):
 #   scripts/gpu_check.sh
 # Each step writes one log into $OUT (at most 8 files come back); summary.txt has each step's exit code and time.
-# QUICK=1 runs the same steps at tiny sizes (a CPU try of the script itself: no GPU figure means anything then).
+# STEPS="study quality" runs only those steps. QUICK=1 runs the same steps at tiny sizes (a CPU try of the script itself: no GPU figure means anything then).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu-check}
@@ -48,30 +48,31 @@ tests() {  # the tests whose code paths differ on CUDA (device auto = cuda there
 }
 study() {  # every arch and compression once, 2 trials sharing the GPU; then the front and an export verified
   local db="sqlite:////tmp/gpu-check.db" n=10 file=studies/gpu-check.yaml
-  rm -f /tmp/gpu-check.db && rm -rf /tmp/gpu-check-artifacts /tmp/gpu-check-export
+  rm -f /tmp/gpu-check.db && rm -rf studies/gpu-check-artifacts /tmp/gpu-check-export  # the default artifact store
   if [ "$QUICK" = 1 ]; then  # 2 epochs per trial and for the teacher, 6 trials (the 5 enqueued, one sampled)
     n=6 file=/tmp/gpu-check-quick.yaml
     sed -e "s#^space: #space: $PWD/#" -e 's/epochs: [0-9]*/epochs: 2/g' studies/gpu-check.yaml > "$file"
   fi
-  ms run "$file" --storage "$db" --data-path "$DATA" --n-trials "$n" --trials-per-gpu 2 \
-    --artifacts /tmp/gpu-check-artifacts || return 1
+  ms run "$file" --storage "$db" --data-path "$DATA" --n-trials "$n" --trials-per-gpu 2 || return 1
   ms front --storage "$db" --study gpu-check || return 1
-  ms export --storage "$db" --study gpu-check --out /tmp/gpu-check-export --verify --data-path "$DATA"
+  ms export --storage "$db" --study gpu-check --knee --out /tmp/gpu-check-export --verify --data-path "$DATA"
 }
 bench() {  # the GPU rows: epoch of 50,000 images, 1/2/4/8 trials at once, compile, peak memory
   if [ "$QUICK" = 1 ]; then ms bench --quick --out "$OUT/BENCH.md"; else ms bench --out "$OUT/BENCH.md"; fi
 }
 quality() {  # the same candidate and seed on the GPU and on the CPU: validation accuracy within 1.5 points
-  local epochs=15
-  [ "$QUICK" = 1 ] && epochs=2
-  for dev in cuda cpu; do
+  local epochs=15 gpu=cuda
+  [ "$QUICK" = 1 ] && epochs=2 gpu=cpu  # a try of the script on a CPU: both runs there
+  for run in gpu cpu; do
+    local dev=$gpu
+    [ "$run" = cpu ] && dev=cpu
     ms train --dataset npz --data-path "$DATA" --val-fraction 0.2 --arch resnet20 --width 1.0 --ps 0.5 --qw 8 \
-      --qa 8 --epochs "$epochs" --batch-size 128 --seed 0 --device "$dev" --json | tail -1 > "/tmp/quality-$dev.json" \
-      || return 1
+      --qa 8 --epochs "$epochs" --batch-size 128 --seed 0 --device "$dev" --json > "/tmp/quality-$run.out" || return 1
+    tail -1 "/tmp/quality-$run.out" > "/tmp/quality-$run.json"
   done
   python3 - <<'PY'
 import json
-gpu, cpu = (json.load(open(f"/tmp/quality-{d}.json")) for d in ("cuda", "cpu"))
+gpu, cpu = (json.load(open(f"/tmp/quality-{d}.json")) for d in ("gpu", "cpu"))
 g, c = gpu["val_accuracy"], cpu["val_accuracy"]
 print(f"validation accuracy: GPU {g:.4f}, CPU {c:.4f}, difference {100 * (g - c):+.2f} points "
       f"(target within 1.5: {'met' if abs(g - c) <= 0.015 else 'not met'})")
@@ -79,9 +80,8 @@ PY
 }
 export -f ms env_info tests study bench quality  # timeout runs them in a child bash
 : > "$OUT/summary.txt"
-step env_info 20
-step tests 120
-step study 170
-step bench 150
-step quality 80
+declare -A limit=([env_info]=20 [tests]=120 [study]=170 [bench]=150 [quality]=80)
+for name in ${STEPS:-env_info tests study bench quality}; do  # STEPS="study quality": run again what failed
+  step "$name" "${limit[$name]}"
+done
 cat "$OUT/summary.txt"
