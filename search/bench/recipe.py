@@ -165,8 +165,8 @@ def load(work: Path, recipes: list[str], plan: Plan) -> list[dict]:
     return [json.loads(record_path(work, r, c, s).read_text()) for r in recipes for c in CONFIGS for s in plan.seeds]
 
 
-def _median(records: list[dict], recipe: str, config: str, key: str = "val_accuracy") -> float:
-    return statistics.median(r[key] for r in records if r["recipe"] == recipe and r["config"] == config)
+def _median(records: list[dict], recipe: str, config: str) -> float:
+    return statistics.median(r["val_accuracy"] for r in records if r["recipe"] == recipe and r["config"] == config)
 
 
 def best_combination(records: list[dict], options: tuple[str, ...]) -> str | None:
