@@ -14,6 +14,12 @@ The table gives the validation accuracy (median, min, max over seeds), its chang
 training throughput (images/s, median), its ratio to today's and the first epoch at which the median curve reaches
 today's final median accuracy, then whether the issue's target is met: +3 points at the full epochs, or today's
 accuracy in at most 60 % of them, each with at most 10 % fewer images/s.
+
+The images/s of the runs themselves are too noisy to hold a recipe to 10 %: two runs share the machine with
+whatever runs beside them (today's recipe measured 474 to 660 images/s across seeds of one benchmark, and
+test-time flips, which do not touch training, 0.81 of today's). So every training recipe that beats today's
+accuracy is also timed side by side with today's in one process, alone on the machine: the same model, their
+epochs interleaved (ABBA, after one warm-up epoch each); that ratio is the one the 10 % is checked on.
 """
 
 from __future__ import annotations
@@ -127,6 +133,83 @@ def run_one(spec: dict) -> dict:
             "wall_s": time.perf_counter() - t0, "machine": machine()}
 
 
+SPEED_ROUNDS = 4  # interleaved epochs per recipe after the warm-up: ABBA order cancels a drift of the machine
+
+
+def speed_job(plan: Plan, recipe: str, config: str, data_path: str | None) -> dict:
+    """A side-by-side timing of ``recipe`` against today's on ``config``, as JSON for its process."""
+    mine, today = job(plan, recipe, config, 0, data_path), job(plan, "today", config, 0, data_path)
+    return {**mine, "kind": "speed", "today": today["train"]}
+
+
+def run_speed(spec: dict) -> dict:
+    """Train today's recipe and ``spec``'s on one thread, one epoch of each in turn; the recipe's training images/s
+    over today's (median of the interleaved epochs)."""
+    import torch
+
+    from search.bench.report import machine
+    from search.candidate import Candidate, compress
+    from search.compress.compression import Compression
+    from search.config import from_mapping
+    from search.data import DataConfig, load_data
+    from search.train import TrainConfig, Trainer
+
+    torch.set_num_threads(1)
+    data = load_data(from_mapping(DataConfig, spec["data"], "data"))
+    trainers = {}
+    for name, train in (("today", spec["today"]), (spec["recipe"], spec["train"])):
+        # the schedule's length does not change the cost of a step; as long as the epochs timed here
+        config = from_mapping(TrainConfig, {**train, "epochs": SPEED_ROUNDS + 1}, "train")
+        cand = Candidate(arch="resnet20", width=spec["width"], compression=Compression(**spec["compression"]),
+                         train=config)
+        torch.manual_seed(0)
+        model = cand.build(data.num_classes).to(data.device)
+        if spec["compression"]:
+            model = compress(model, cand.compression)
+        trainers[name] = Trainer(model, data, config)
+    for trainer in trainers.values():
+        trainer.run(1)  # warm-up: first-touch allocations, oneDNN primitive caches
+    speeds: dict[str, list[float]] = {name: [] for name in trainers}
+    order = list(trainers)
+    for i in range(SPEED_ROUNDS):
+        for name in order if i % 2 == 0 else order[::-1]:
+            speeds[name].append(trainers[name].run(1)[0].images_per_s)
+    today, mine = (statistics.median(v) for v in speeds.values())
+    return {"recipe": spec["recipe"], "config": spec["config"], "ratio": mine / today,
+            "images_per_s": {"today": speeds["today"], spec["recipe"]: speeds[spec["recipe"]]},
+            "machine": machine()}
+
+
+def speed_path(work: Path, recipe: str, config: str) -> Path:
+    return work / "speed" / f"{recipe}-{config}.json"
+
+
+def measure_speeds(plan: Plan, recipes: list[str], work: Path, data_path: str | None, say) -> dict:
+    """{(recipe, config): side-by-side ratio} for ``recipes``, each timed alone (nothing else runs meanwhile)."""
+    (work / "speed").mkdir(parents=True, exist_ok=True)
+    out = {}
+    for recipe in recipes:
+        for config in CONFIGS:
+            path = speed_path(work, recipe, config)
+            if not path.exists():
+                say(f"timing {recipe} against today side by side on {config}")
+                _child(speed_job(plan, recipe, config, data_path), path, work / "logs" / f"speed-{recipe}-{config}"
+                       ".log").wait()
+                if not path.exists():
+                    raise RuntimeError(f"timing {recipe} on {config} failed; see the log in {work / 'logs'}")
+            out[(recipe, config)] = json.loads(path.read_text())["ratio"]
+    return out
+
+
+def _child(spec: dict, out: Path, log_path: Path) -> subprocess.Popen:
+    """One measurement as a process of its own on one core."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    env = {**os.environ, "MICRONET_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "search.bench.recipe", json.dumps(spec), str(out)],
+                            stdout=log, stderr=log, env=env)
+
+
 def record_path(work: Path, recipe: str, config: str, seed: int) -> Path:
     return work / "runs" / f"{recipe}-{config}-s{seed}.json"
 
@@ -141,11 +224,8 @@ def run_jobs(plan: Plan, recipes: list[str], work: Path, data_path: str | None, 
     while todo or running:
         while todo and len(running) < plan.parallel:
             key = todo.pop(0)
-            spec = job(plan, *key, data_path)
-            log = open(work / "logs" / f"{key[0]}-{key[1]}-s{key[2]}.log", "w")
-            env = {**os.environ, "MICRONET_THREADS": "1", "OMP_NUM_THREADS": "1"}
-            proc = subprocess.Popen([sys.executable, "-m", "search.bench.recipe", json.dumps(spec),
-                                     str(record_path(work, *key))], stdout=log, stderr=log, env=env)
+            proc = _child(job(plan, *key, data_path), record_path(work, *key),
+                          work / "logs" / f"{key[0]}-{key[1]}-s{key[2]}.log")
             running.append((key, proc))
             say(f"started {key[0]} {key[1]} seed {key[2]}")
         time.sleep(0.5)
@@ -187,18 +267,24 @@ def speed_ratio(records: list[dict], recipe: str, config: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def best_recipe(records: list[dict], recipes: list[str]) -> str | None:
-    """The training recipe with the highest median dense accuracy among those within ``MAX_SLOWDOWN`` of today's
-    images/s on both configurations (None: none beats today's)."""
-    fast = [r for r in recipes if r != "today" and "@" not in r and not set(r.split("+")) & set(EVALUATION_ONLY)
-            and all((speed_ratio(records, r, c) or 0.0) >= MAX_SLOWDOWN for c in CONFIGS)]
-    best = max(fast, key=lambda r: _median(records, r, "dense"), default=None)
-    if best is None or _median(records, best, "dense") <= _median(records, "today", "dense"):
-        return None
-    return best
+def contenders(records: list[dict], recipes: list[str]) -> list[str]:
+    """The training recipes (not today's, not a shortened run, no evaluation-only option) whose median dense
+    accuracy beats today's: the ones timed side by side."""
+    return [r for r in recipes if r != "today" and "@" not in r and not set(r.split("+")) & set(EVALUATION_ONLY)
+            and _median(records, r, "dense") > _median(records, "today", "dense")]
 
 
-def summarize(records: list[dict], recipes: list[str]) -> list[dict]:
+def best_recipe(records: list[dict], recipes: list[str], speeds: dict) -> str | None:
+    """The contender with the highest median dense accuracy among those within ``MAX_SLOWDOWN`` of today's
+    images/s on both configurations in the side-by-side timing ``speeds`` (None: none)."""
+    fast = [r for r in contenders(records, recipes)
+            if all(speeds.get((r, c), 0.0) >= MAX_SLOWDOWN for c in CONFIGS)]
+    return max(fast, key=lambda r: _median(records, r, "dense"), default=None)
+
+
+def summarize(records: list[dict], recipes: list[str], speeds: dict | None = None) -> list[dict]:
+    """One row per (configuration, recipe); ``speeds``: the side-by-side images/s ratios (a shortened run shares
+    its recipe's)."""
     rows = []
     for config in CONFIGS:
         today_final = _median(records, "today", config)
@@ -211,6 +297,7 @@ def summarize(records: list[dict], recipes: list[str]) -> list[dict]:
                          "max": max(accs), "gain": statistics.median(accs) - today_final,
                          "images_per_s": statistics.median(r["images_per_s"] for r in runs),
                          "images_per_s_ratio": speed_ratio(records, recipe, config),
+                         "side_by_side": (speeds or {}).get((recipe.partition("@")[0], config)),
                          "reach_epoch": reach, "epochs": len(curve)})
     return rows
 
@@ -231,7 +318,8 @@ def verdict(rows: list[dict], plan: Plan, best: str | None) -> str:
         parts.append(f"at {short_epochs(plan)} epochs ({100 * SHORT_FRACTION:.0f} %) its median is "
                      f"{100 * short['gain']:+.1f} points from today's {plan.epochs}-epoch median "
                      f"(target ≥ 0: {'met' if short_met else 'not met'})")
-    parts.append(f"images/s × {full['images_per_s_ratio']:.2f} of today's")
+    parts.append(f"images/s × {full['side_by_side']:.2f} of today's, timed side by side (target ≥ "
+                 f"{MAX_SLOWDOWN:.2f})")
     met = gain_met or short_met
     return f"**Target {'met' if met else 'not met'}** on dense ResNet20: " + "; ".join(parts) + "."
 
@@ -243,39 +331,45 @@ def markdown(rows: list[dict], plan: Plan, machine: str, command: str, minutes: 
              f"ResNet20 width {plan.width:g}, {plan.epochs} epochs, {len(plan.seeds)} seeds, one core per run; the "
              f"train config of `{plan.study}` is today's recipe. Validation accuracy: median (min–max) over seeds. "
              "Reaches today: the first epoch at which the recipe's median curve reaches today's final median "
-             "(within the same schedule).", "",
-             "| config | recipe | val accuracy | change | images/s | × today's | reaches today |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "(within the same schedule). × today's: the runs' images/s over today's in the same seed (noisy: two "
+             "runs share the machine); side by side: timed against today's in one process, epochs interleaved "
+             "(the 10 % limit is checked on this one; measured for the recipes that beat today's).", "",
+             "| config | recipe | val accuracy | change | images/s | × today's | side by side | reaches today |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         reach = f"epoch {r['reach_epoch']} of {r['epochs']}" if r["reach_epoch"] else "no"
         ratio = "n/a" if r["images_per_s_ratio"] is None else f"{r['images_per_s_ratio']:.2f}"
+        side = "" if r["side_by_side"] is None else f"{r['side_by_side']:.2f}"
         lines.append(f"| {r['config']} | {r['recipe']} | {r['median']:.4f} ({r['min']:.4f}–{r['max']:.4f}) | "
-                     f"{100 * r['gain']:+.1f} pt | {r['images_per_s']:.0f} | {ratio} | {reach} |")
+                     f"{100 * r['gain']:+.1f} pt | {r['images_per_s']:.0f} | {ratio} | {side} | {reach} |")
     lines += ["", "Options: " + "; ".join(f"`{k}` {json.dumps(v)}" for k, v in OPTIONS.items()
                                           if k in plan.options) + "; `@N`: trained for N epochs. "
               "The change is against today's recipe at the full epochs.", "", verdict(rows, plan, best)]
     return "\n".join(lines) + "\n"
 
 
-def run(plan: Plan, work: Path, data_path: str | None, say) -> tuple[list[dict], list[str], str | None]:
-    """Today's recipe and each option, then the best combination, then the best recipe with 60 % of the epochs;
-    the records, the recipes run and the best recipe."""
+def run(plan: Plan, work: Path, data_path: str | None, say) -> tuple[list[dict], list[str], str | None, dict]:
+    """Today's recipe and each option, then the best combination, then the contenders timed side by side, then the
+    best recipe with 60 % of the epochs; the records, the recipes run, the best recipe and the side-by-side
+    images/s ratios."""
     recipes = ["today", *plan.options]
     run_jobs(plan, recipes, work, data_path, say)
     combo = best_combination(load(work, recipes, plan), plan.options)
     if combo is not None:
         recipes.append(combo)
         run_jobs(plan, [combo], work, data_path, say)
-    best = best_recipe(load(work, recipes, plan), recipes)
+    records = load(work, recipes, plan)
+    speeds = measure_speeds(plan, contenders(records, recipes), work, data_path, say)
+    best = best_recipe(records, recipes, speeds)
     if best is not None:
         recipes.append(f"{best}@{short_epochs(plan)}")
         run_jobs(plan, recipes[-1:], work, data_path, say)
-    return load(work, recipes, plan), recipes, best
+    return load(work, recipes, plan), recipes, best, speeds
 
 
 if __name__ == "__main__":  # one run, as a process of run_jobs: python -m search.bench.recipe SPEC_JSON OUT
     spec, out = json.loads(sys.argv[1]), Path(sys.argv[2])
-    record = run_one(spec)
+    record = run_speed(spec) if spec.get("kind") == "speed" else run_one(spec)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(out)  # a run cut off leaves no record: it runs again

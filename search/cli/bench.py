@@ -154,8 +154,8 @@ def run_recipe(args) -> int:
         check_data(loaded)  # the npz must be there
     work = Path(args.work or ("studies/bench-recipe-quick" if args.quick else "studies/bench-recipe")).resolve()
     start = time.perf_counter()
-    records, recipes, best = bench.run(plan, work, args.data_path, say)
-    rows = bench.summarize(records, recipes)
+    records, recipes, best, speeds = bench.run(plan, work, args.data_path, say)
+    rows = bench.summarize(records, recipes, speeds)
     command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
     text = bench.markdown(rows, plan, machine(pick_device("cpu")), command, (time.perf_counter() - start) / 60,
                           best)
