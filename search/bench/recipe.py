@@ -45,6 +45,10 @@ OPTIONS: dict[str, dict] = {
     "ema": {"ema": 0.99},
     "alternate-flip": {"augment": {"flip": "alternate"}},
     "tta-flip": {"tta_flip": True},
+    # the schedule itself (airbench tunes batch size and learning rate together): on 3,728 images a batch of 128
+    # makes 29 steps per epoch; half the batch doubles the steps at the same images per epoch
+    "batch-64": {"batch_size": 64},
+    "lr-0.2": {"lr": 0.2},
 }
 # Evaluation options, not training ones: they are measured alone but never join a default recipe (test-time flips
 # double the inference MACs, and the score counts them).
