@@ -57,6 +57,8 @@ def test_recipes_and_the_combination():
     # adamw loses on one configuration: left out
     assert best_combination(records, ("mixup", "ema", "adamw")) == "mixup+ema"
     assert best_combination(records, ("mixup", "adamw")) is None  # one winner: measured already
+    # the default's contenders: more accurate than today's on every configuration, so not adamw
+    assert contenders(records, ["today", "mixup", "ema", "adamw"]) == ["mixup", "ema"]
     rows = summarize(records, ["today", "mixup"])
     mixup = next(r for r in rows if r["recipe"] == "mixup" and r["config"] == "dense")
     assert round(mixup["gain"], 6) == 0.1 and mixup["reach_epoch"] == 2 and mixup["images_per_s_ratio"] == 1.0
