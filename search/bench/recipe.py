@@ -137,7 +137,8 @@ def run_one(spec: dict) -> dict:
             "wall_s": time.perf_counter() - t0, "machine": machine()}
 
 
-SPEED_ROUNDS = 4  # interleaved epochs per recipe after the warm-up: ABBA order cancels a drift of the machine
+SPEED_ROUNDS = 8  # interleaved epochs per recipe after the warm-up: ABBA order cancels a drift of the machine;
+#                  8, not 4: one epoch of one recipe ranged 454-620 images/s within one run of 4 on a quiet 2-core VM
 
 
 def speed_job(plan: Plan, recipe: str, config: str, data_path: str | None) -> dict:
