@@ -66,7 +66,7 @@ def test_recipes_and_the_combination():
 
 def rec(recipe, config, acc, seed=0, speed=100.0, machine="cpu A", epochs=2):
     return {"recipe": recipe, "config": config, "seed": seed, "val_accuracy": acc,
-            "curve": [acc / 2] * (epochs - 1) + [acc], "images_per_s": speed, "machine": machine}
+            "curve": [acc / 2] * (epochs - 1) + [acc], "images_per_s": speed, "machine": machine, "wall_s": 90.0}
 
 
 def test_evaluation_options_never_join_the_combination_or_the_default():
@@ -108,6 +108,9 @@ def test_the_verdict_reads_the_short_schedule_run():
     assert "**Target met** on dense ResNet20: best recipe `ema`: +2.0 points at 10 epochs (target +3: not met)" in text
     assert "at 6 epochs (60 %) its median is +0.5 points" in text and "(target ≥ 0: met)" in text
     assert "images/s × 0.97 of today's, timed side by side" in text
+    # a resumed benchmark: the runs' own times, not only this call's
+    assert "its 6 runs, recorded over this and earlier calls, trained for 9 core-minutes" in markdown(
+        summarize(records, ["today", "ema", "ema@6"], speeds), plan, "cpu", "cmd", 1.0, "ema", records)
     assert "| dense | ema@6 | 0.5050 (0.5050–0.5050) | +0.5 pt | 100 | 1.00 | 0.97 | epoch 6 of 6 |" in text
     short_loses = [r for r in records if r["recipe"] != "ema@6"] + [rec("ema@6", c, 0.49, epochs=6) for c in CONFIGS]
     text = markdown(summarize(short_loses, ["today", "ema", "ema@6"], speeds), plan, "cpu", "cmd", 1.0, "ema")

@@ -331,10 +331,14 @@ def verdict(rows: list[dict], plan: Plan, best: str | None) -> str:
     return f"**Target {'met' if met else 'not met'}** on dense ResNet20: " + "; ".join(parts) + "."
 
 
-def markdown(rows: list[dict], plan: Plan, machine: str, command: str, minutes: float, best: str | None) -> str:
+def markdown(rows: list[dict], plan: Plan, machine: str, command: str, minutes: float, best: str | None,
+             records: list[dict] | None = None) -> str:
     data = plan.quick_data["name"] if plan.quick_data else "cifar10-dev"
+    # a resumed benchmark's call is not its length: the runs' own wall times say what the table cost
+    runs = "" if not records else (f"; its {len(records)} runs, recorded over this and earlier calls, trained for "
+                                   f"{sum(r['wall_s'] for r in records) / 60:.0f} core-minutes in all")
     lines = [f"## Training recipes: accuracy per epoch on {data}",
-             "", f"Machine: {machine}. Command: `{command}`. The whole run took {minutes:.0f} min.",
+             "", f"Machine: {machine}. Command: `{command}`. This call took {minutes:.0f} min{runs}.",
              f"ResNet20 width {plan.width:g}, {plan.epochs} epochs, {len(plan.seeds)} seeds, one core per run; the "
              f"train config of `{plan.study}` is today's recipe. Validation accuracy: median (min–max) over seeds. "
              "Reaches today: the first epoch at which the recipe's median curve reaches today's final median "

@@ -158,7 +158,7 @@ def run_recipe(args) -> int:
     rows = bench.summarize(records, recipes, speeds)
     command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
     text = bench.markdown(rows, plan, machine(pick_device("cpu")), command, (time.perf_counter() - start) / 60,
-                          best)
+                          best, records)
     print(text)
     if not args.no_write:
         with open(args.out, "a") as f:
