@@ -148,7 +148,6 @@ EpochCallback = Callable[[EpochReport], None]
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 instructions that compute bf16 dot products
 
 
-@functools.cache
 def ema_with_warmup(decay: float):
     """The update of an exponential moving average whose decay warms up: ``min(decay, (1 + n) / (10 + n))`` at the
     n-th update (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``). torch's ``get_ema_multi_avg_fn``
@@ -169,6 +168,7 @@ def ema_with_warmup(decay: float):
     return update
 
 
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows).
 
