@@ -25,6 +25,7 @@ on.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import statistics
@@ -338,7 +339,7 @@ def markdown(rows: list[dict], plan: Plan, machine: str, command: str, minutes: 
     # a resumed benchmark's call is not its length: the runs' own wall times say what the table cost
     runs = "" if not records else (f"; its {len(records)} runs, recorded over this and earlier calls, trained for "
                                    f"{sum(r['wall_s'] for r in records) / 60:.0f} core-minutes in all")
-    lines = [f"## Training recipes: accuracy per epoch on {data}",
+    lines = [f"## Training recipes: accuracy per epoch on {data}, {datetime.date.today().isoformat()}",
              "", f"Machine: {machine}. Command: `{command}`. This call took {minutes:.0f} min{runs}.",
              f"ResNet20 width {plan.width:g}, {plan.epochs} epochs, {len(plan.seeds)} seeds, one core per run; the "
              f"train config of `{plan.study}` is today's recipe. Validation accuracy: median (min–max) over seeds. "
