@@ -31,7 +31,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.threads import available_cores  # noqa: E402
+from search.study.threads import available_cores  # noqa: E402
 
 
 def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache: Path) -> dict:

@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.table import Table
 
-from search.front import hypervolume
-from search.runner import run_study
-from search.study import SamplerConfig, StopperConfig, load_study_file
+from search.results.front import hypervolume
+from search.study.runner import run_study
+from search.study.study_file import SamplerConfig, StopperConfig, load_study_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ import torch
 
 from search.bench.report import Row, append, machine, markdown, print_table
 from search.bench.throughput import bench_candidate, cifar_shaped, classic_images_per_s, trainer_images_per_s
-from search.train import PRECISIONS, device_setup
+from search.candidate.recipe import PRECISIONS
+from search.training.trainer import device_setup
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from search.bench.suite import COMPRESSED
-from search.candidate import compress
-from search.data import Augmentation, DataConfig, load_data, normalize, train_batches
+from search.candidate.candidate import compress
+from search.candidate.recipe import PRECISIONS
 from search.models import build_model
-from search.train import PRECISIONS, device_setup
+from search.training.data import Augmentation, DataConfig, load_data, normalize, train_batches
+from search.training.trainer import device_setup
 
 
 def main() -> None:

@@ -12,15 +12,16 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
-from search.bases import Base, BaseStore, base_key
-from search.candidate import Candidate, run_candidate
+from search.candidate.candidate import Candidate
+from search.candidate.recipe import Distillation, TrainConfig
 from search.compress.compression import Compression
-from search.data import Augmentation, DataConfig, load_data
 from search.errors import ConfigError
 from search.models import build_model
-from search.runner import run_study
-from search.study import StudyConfig, load_study_file
-from search.train import Distillation, TrainConfig
+from search.study.runner import run_study
+from search.study.study_file import StudyConfig, load_study_file
+from search.training.bases import Base, BaseStore, base_key
+from search.training.data import Augmentation, DataConfig, load_data
+from search.training.run import run_candidate
 
 KD = Distillation(temperature=4.0, alpha=0.5)
 CANDIDATE = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, pu=0.1, qw=8, qa=8),
@@ -262,7 +263,7 @@ class StopLightlyCompressedAtEpochOne:
 
 
 def test_no_stopper_decides_on_an_epoch_replayed_from_a_reused_base(tmp_path, monkeypatch):
-    from search.study import StopperConfig
+    from search.study.study_file import StopperConfig
 
     (tmp_path / "space.yaml").write_text(PARALLEL_SPACE)
     path = tmp_path / "replay.yaml"
@@ -288,6 +289,6 @@ enqueue: [{{ps: 0.5}}, {{ps: 0.1}}]
 
 
 def costs_of(ps):
-    from search.candidate import costs
+    from search.candidate.candidate import costs
 
     return costs(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).score.total

@@ -11,8 +11,8 @@ from search.bench import throughput
 from search.bench.report import Row, markdown
 from search.bench.suite import COMPRESSED
 from search.bench.throughput import bench_candidate, cifar_shaped, trainer_images_per_s
-from search.candidate import costs
-from search.complexity import count_params
+from search.candidate.candidate import costs
+from search.candidate.complexity import count_params
 from search.compress.quantize import quantization_of
 
 

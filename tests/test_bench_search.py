@@ -66,7 +66,7 @@ def test_bad_bench_arguments_are_one_line(tmp_path):
 
 def test_every_arm_writes_a_valid_study_file(tmp_path):
     from search.bench.search import ALL_ARMS, Plan, study_file
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     plan = Plan(seeds=(4,))
     for arm in ALL_ARMS:
@@ -92,7 +92,7 @@ def test_arms_must_start_with_the_baseline(tmp_path):
 def test_runs_read_the_study_as_it_was_when_the_benchmark_started(tmp_path):
     # an edit of the study or its space while the benchmark runs (seen: a crash at seed 2) changes none of its runs
     from search.bench.search import ARMS, Plan, study_file
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n")
     study = tmp_path / "s.yaml"

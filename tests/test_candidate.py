@@ -2,16 +2,17 @@ import pytest
 import torch
 from torch import nn
 
-from search.candidate import Candidate, costs, run_candidate
-from search.complexity import count_params
+from search.candidate.candidate import Candidate, costs
+from search.candidate.complexity import count_params
+from search.candidate.recipe import Distillation, TrainConfig
 from search.compress import QuantAct, QuantConv2d, QuantLinear
 from search.compress.compression import Compression
-from search.data import DataConfig, load_data, normalize
 from search.errors import ConfigError
 from search.models import build_model
 from search.models.densenet import DenseNet
 from search.models.layers import Act
-from search.train import Distillation, TrainConfig
+from search.training.data import DataConfig, load_data, normalize
+from search.training.run import run_candidate
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_compressed_candidate_end_to_end(synthetic):
 
 
 def test_pruned_weights_stay_removed_while_training_on(synthetic, monkeypatch):
-    import search.candidate as cand_module
+    import search.training.run as cand_module  # where run_candidate looks compress up
 
     zeros_after_compress = {}
     real = cand_module.compress
@@ -164,7 +165,7 @@ def test_candidate_with_densenet_and_groups_compresses(synthetic):
 
 
 def test_known_costs_give_the_same_measurement(synthetic):
-    from search.complexity import measure
+    from search.candidate.complexity import measure
 
     cand = small(compression=Compression(ps=0.3, pu=0.3, qw=8, qa=8))
     known = costs(cand, synthetic.num_classes)

@@ -5,8 +5,8 @@ import optuna
 from optuna.trial import TrialState
 from tiny import write_tiny_study
 
-from search.runner import run_study
-from search.study import load_study_file
+from search.study.runner import run_study
+from search.study.study_file import load_study_file
 
 SPACE = """\
 params:
@@ -75,7 +75,7 @@ class StopAt:
 
 
 def test_no_stopper_throws_away_a_trial_that_trained_to_its_last_epoch(tmp_path, monkeypatch):
-    from search.study import StopperConfig
+    from search.study.study_file import StopperConfig
 
     # MO-ASHA may put a rung on the last epoch (min_epochs 2, reduction_factor 2, 4 epochs): stopping there saves
     # nothing and would lose a finished candidate that is not dominated

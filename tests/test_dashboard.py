@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from tiny import write_tiny_study
 
 from search.cli import main
-from search.runner import run_study
-from search.study import load_study_file
+from search.study.runner import run_study
+from search.study.study_file import load_study_file
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium package (no PyPI package ships a browser that runs here)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

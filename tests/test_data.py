@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.data import (
+from search.training.data import (
     Augmentation,
     DataConfig,
     DataError,

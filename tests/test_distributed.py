@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.locks import study_lock
-from search.study import load_study_file, open_study
+from search.study.locks import study_lock
+from search.study.study_file import load_study_file, open_study
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -226,7 +226,7 @@ def test_two_workers_on_a_journal_file(tmp_path):
     procs = [start_worker(study_file, storage, tmp_path) for _ in range(2)]
     outputs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], outputs
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     assert_exactly(optuna.load_study(study_name="dist", storage=open_storage(storage)), 4)
 

@@ -15,10 +15,8 @@ from optuna.trial import TrialState, create_trial
 from torch import nn
 
 import search.export
-from search.checkpoint import load_candidate_checkpoint
 from search.cli import main
 from search.compress import QuantAct
-from search.data import DataConfig, load_data, normalize
 from search.export import (
     ExportError,
     MajorityVote,
@@ -29,11 +27,13 @@ from search.export import (
     select_trial,
     verify,
 )
-from search.front import front_trials
 from search.models.layers import Act
-from search.runner import run_study
-from search.study import load_study_file
-from search.train import evaluate, predict
+from search.results.front import front_trials
+from search.study.runner import run_study
+from search.study.study_file import load_study_file
+from search.training.checkpoint import load_candidate_checkpoint
+from search.training.data import DataConfig, load_data, normalize
+from search.training.trainer import evaluate, predict
 
 SPACE = """\
 params:
@@ -362,14 +362,14 @@ def _scale_last_conv_weight(path, factor):
 
 
 def test_export_verify_catches_a_wrong_onnx_weight_and_writes_nothing(quickstart, capsys, monkeypatch):
-    write = search.export.files._write_graphs
+    write = search.export.files.write_graphs
 
     def write_wrong(model, folder, formats, example, output):  # an exporter that gets one weight 1 % wrong
         files = write(model, folder, formats, example, output)
         _scale_last_conv_weight(folder / files["onnx"], 1.01)
         return files
 
-    monkeypatch.setattr(search.export.exports, "_write_graphs", write_wrong)  # where the exports look it up
+    monkeypatch.setattr(search.export.exports, "write_graphs", write_wrong)  # where the exports look it up
     out = quickstart.tmp / "wrong-weight"
     assert main(["export", *quickstart.args, "--trial", str(quickstart.q16), "--out", str(out), "--verify"]) == 1
     err = capsys.readouterr().err
@@ -389,7 +389,7 @@ def test_verify_catches_a_missing_16_bit_activation_quantizer(quickstart):
     model = load_state_dict_model(out)
     [m for m in model.modules() if isinstance(m, QuantAct)][-1].__class__ = Act
     example = normalize(data.x_test[:2], card["preprocessing"]["mean"], card["preprocessing"]["std"])
-    search.export.files._write_graphs(model, out, ["onnx"], example, "logits")
+    search.export.files.write_graphs(model, out, ["onnx"], example, "logits")
     with pytest.raises(VerificationError, match=f"the ONNX graph holds 0 Round, {n - 1} Cast to float16 where the "
                                                 f"model's activation quantizers need 0 Round, {n} Cast to float16"):
         verify(out, data=data)

@@ -9,9 +9,9 @@ import optuna
 import pytest
 from PIL import Image
 
-from search.data import DataConfig, DataError, load_data
-from search.runner import run_study
-from search.study import load_study_file
+from search.study.runner import run_study
+from search.study.study_file import load_study_file
+from search.training.data import DataConfig, DataError, load_data
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
 
@@ -81,7 +81,7 @@ def test_train_and_test_with_other_classes(tmp_path):
 
 def test_images_of_another_size_train_score_and_export(tmp_path):
     """At image_size 48 the MACs (and so the score) are those of 48×48 inputs, and the export takes 48×48."""
-    from search.candidate import Candidate, costs
+    from search.candidate.candidate import Candidate, costs
     from search.cli import main
 
     root = make_folder(tmp_path / "imgs", per_class=16, sizes=((50, 60), (40, 40)))

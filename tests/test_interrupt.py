@@ -71,8 +71,8 @@ class _InterruptOnTrial1(optuna.samplers.RandomSampler):
 
 
 def test_ctrl_c_while_optuna_samples_leaves_no_trial_running(tmp_path):
-    from search.runner import run_study
-    from search.study import load_study_file, open_study
+    from search.study.runner import run_study
+    from search.study.study_file import load_study_file, open_study
 
     (tmp_path / "space.yaml").write_text(SPACE)
     path = tmp_path / "ask.yaml"

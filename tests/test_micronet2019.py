@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search import micronet2019
+from search.candidate import micronet2019
+from search.candidate.micronet2019 import count, count_candidate
 from search.compress.compression import Compression
-from search.micronet2019 import count, count_candidate
 from search.models import build_model
 
 

@@ -1,4 +1,5 @@
-"""Objectives by name (search.objectives): parsing, N-D dominance and hypervolume, the knee, the stoppers with several
+"""Objectives by name (search.trial.objectives): parsing, N-D dominance and hypervolume, the knee, the stoppers with
+several
 costs, latency measured and recorded with its hardware, and a 3-objective study end to end."""
 
 import json
@@ -12,13 +13,14 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from tiny import write_tiny_study
 
-from search.candidate import Candidate, costs
+from search.candidate.candidate import Candidate, costs
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.export import knee_trial
-from search.front import hypervolume
-from search.objectives import Latency, Objectives, Subject, check_hardware
-from search.stopping import Finished, MOASHAStopper, ParetoStopper
+from search.results.front import hypervolume
+from search.trial.latency import Latency
+from search.trial.objectives import Objectives, Subject, check_hardware
+from search.trial.stopping import Finished, MOASHAStopper, ParetoStopper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +114,7 @@ def _tiny_candidate(**compression):
 @pytest.mark.parametrize("target", ["onnxruntime-cpu", "device"])
 def test_latency_is_measured_on_the_exported_form_and_recorded_with_its_hardware(target):
     candidate = _tiny_candidate(ps=0.5, qw=8, qa=8)
-    from search.checkpoint import rebuild
+    from search.training.checkpoint import rebuild
 
     model = rebuild(candidate, 10)
     subject = Subject(candidate, costs(candidate, 10), 10, (3, 32, 32), model=model)

@@ -5,8 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
-from search.samplers import ParetoTPESampler
-from search.study import SamplerConfig
+from search.study.samplers import ParetoTPESampler
+from search.study.study_file import SamplerConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

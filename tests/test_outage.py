@@ -13,9 +13,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.locks import study_lock
-from search.outage import EXIT_CODE, StorageOutage
-from search.storage import open_storage
+from search.study.locks import study_lock
+from search.study.outage import EXIT_CODE, StorageOutage
+from search.study.storage import open_storage
 
 PG_PORT = 5432
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -216,7 +216,7 @@ def test_a_trial_whose_result_waits_out_the_outage_is_not_taken_for_dead(databas
     # Worker B's trial ended during the outage: its heartbeat thread has stopped and its final write waits in the
     # retry backoff (up to MAX_DELAY_S between tries). Worker A comes back first and must not take B's old
     # heartbeat for a dead worker's before B's next try (seen in CI: the trial was failed and trained again)
-    monkeypatch.setattr("search.outage.random.uniform", lambda a, b: b)  # no jitter: B's tries come late
+    monkeypatch.setattr("search.study.outage.random.uniform", lambda a, b: b)  # no jitter: B's tries come late
     a = open_storage(proxy.url(database), heartbeat_interval=1, grace_period=3, outage_s=120)
     b = open_storage(proxy.url(database) + "?application_name=b", heartbeat_interval=1, grace_period=3,
                      outage_s=120)  # another URL: an outage state of its own, as in another process

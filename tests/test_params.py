@@ -1,4 +1,5 @@
-"""One table of search parameters (search.params): the space, the candidate mapping, the CLI flags of train and score
+"""One table of search parameters (search.space.params): the space, the candidate mapping, the CLI flags of train and
+score
 and the front columns all come from it."""
 
 import re
@@ -6,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from search.candidate.recipe import TrainConfig
 from search.cli.train import job_from_args
 from search.errors import ConfigError
-from search.front import ROW_KEYS
-from search.params import PARAMETERS, candidate_from, columns, flags
-from search.space import CHECKS, PARAMS
-from search.train import TrainConfig
+from search.results.front import ROW_KEYS
+from search.space.params import PARAMETERS, candidate_from, columns, flags
+from search.space.space import CHECKS, PARAMS
 
 # one legal value per parameter, unlike every default, to see it land
 VALUES = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.complexity import count_nonzero_params, count_params, measure
+from search.candidate.complexity import count_nonzero_params, count_params, measure
 from search.compress import channel_fraction, make_permanent, prune_structured, prune_unstructured, weight_sparsity
 from search.errors import ConfigError
 from search.models import build_model

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from search.complexity import count_nonzero_params, measure
+from search.candidate.complexity import count_nonzero_params, measure
 from search.compress.quantize import (
     QuantAct,
     QuantConv2d,

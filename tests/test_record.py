@@ -5,8 +5,8 @@ import dataclasses
 import optuna
 import pytest
 
-from search import record
-from search.record import TrialRecord
+from search.trial import record
+from search.trial.record import TrialRecord
 
 
 def test_written_fields_read_back_and_other_keys_are_ignored():

@@ -9,8 +9,8 @@ from optuna.trial import TrialState
 from test_dashboard import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, finished_study
 
 from search import optuna_compat as compat
-from search import record
-from search.report import IMPORTANCE_SEED
+from search.results.report import IMPORTANCE_SEED
+from search.trial import record
 
 
 def cli(*args):

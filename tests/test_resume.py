@@ -5,11 +5,12 @@ import io
 import pytest
 import torch
 
-from search.candidate import Candidate, run_candidate
+from search.candidate.candidate import Candidate
+from search.candidate.recipe import Distillation, TrainConfig
 from search.compress.compression import Compression
-from search.data import DataConfig, load_data
 from search.models import build_model
-from search.train import Distillation, TrainConfig
+from search.training.data import DataConfig, load_data
+from search.training.run import run_candidate
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ Each worker builds the study file's sampler with the same seed. The samplers are
 import optuna
 import pytest
 
-from search.samplers import TrialSeededSampler
-from search.space import parse_space
-from search.study import SamplerConfig
+from search.space.space import parse_space
+from search.study.samplers import TrialSeededSampler
+from search.study.study_file import SamplerConfig
 
 SPACE = parse_space({"params": {
     "arch": {"choices": ["resnet20", "resnet18", "densenet"]},

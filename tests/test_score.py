@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.nn.utils import prune
 
-from search.complexity import count_macs, count_nonzero_params, count_params, measure
+from search.candidate.complexity import count_macs, count_nonzero_params, count_params, measure
+from search.candidate.score import ScoreReference, compute_score, score_model
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
-from search.score import ScoreReference, compute_score, score_model
 
 MACS = [
     ("resnet18", {}, 556_651_530),

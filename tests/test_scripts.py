@@ -12,7 +12,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from search.launcher import WorkerPlan, plan_workers, worker_env
+from search.study.launcher import WorkerPlan, plan_workers, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL = sorted([*ROOT.glob("scripts/*.sh"), *ROOT.glob("scripts/*.sbatch"), ROOT / ".ci" / "run"])

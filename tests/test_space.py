@@ -2,8 +2,8 @@ import optuna
 import pytest
 
 from search.errors import ConfigError
-from search.space import load_space, parse_space
-from search.study import StudyConfig, candidate_from
+from search.space.space import load_space, parse_space
+from search.study.study_file import StudyConfig, candidate_from
 
 
 def sample_many(space, n=60, seed=0):
@@ -125,7 +125,7 @@ def test_a_space_that_cannot_build_writes_nothing(tmp_path):
 
 
 def test_enqueued_values_that_cannot_build_are_refused(tmp_path):
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
     study = tmp_path / "s.yaml"
@@ -137,7 +137,7 @@ def test_enqueued_values_that_cannot_build_are_refused(tmp_path):
 def test_the_shipped_spaces_and_studies_load():
     from pathlib import Path
 
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     root = Path(__file__).resolve().parents[1]
     for path in sorted((root / "studies").glob("*.yaml")):

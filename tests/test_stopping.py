@@ -1,7 +1,7 @@
 import pytest
 
 from search.errors import ConfigError
-from search.stopping import Finished, NoStopper, ParetoStopper, make_stopper
+from search.trial.stopping import Finished, NoStopper, ParetoStopper, make_stopper
 
 
 def curve(*accs):
@@ -74,7 +74,7 @@ def test_no_stopper_and_factory():
 
 # --- MO-ASHA: successive halving ranked by non-dominated sorting ---
 
-from search.stopping import MOASHAStopper, rank_order  # noqa: E402
+from search.trial.stopping import MOASHAStopper, rank_order  # noqa: E402
 
 
 def test_moasha_rungs():
@@ -128,8 +128,8 @@ def test_moasha_sees_stopped_and_running_trials_too():
 
     import optuna
 
-    from search.objective import Objective
-    from search.objectives import Objectives
+    from search.trial.objectives import Objectives
+    from search.trial.pipeline import Objective
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     made = []
@@ -152,7 +152,7 @@ def test_moasha_sees_stopped_and_running_trials_too():
 
 
 def test_moasha_is_chosen_in_the_study_file(tmp_path):
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
     study = tmp_path / "s.yaml"
@@ -183,7 +183,7 @@ def test_rivals_compressed_at_another_epoch_are_compared_like_with_like():
 
 
 def test_the_old_pruner_key_is_read_as_stopper_with_one_line(tmp_path, capsys):
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
 
     (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
     study = tmp_path / "s.yaml"

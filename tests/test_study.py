@@ -8,10 +8,10 @@ import pytest
 from optuna.trial import TrialState
 from tiny import SPACE, write_tiny_study
 
-from search.checkpoint import load_candidate_checkpoint
-from search.front import dominates, front_rows, front_trials, hypervolume
-from search.runner import run_study
-from search.study import load_study_file, open_study
+from search.results.front import dominates, front_rows, front_trials, hypervolume
+from search.study.runner import run_study
+from search.study.study_file import load_study_file, open_study
+from search.training.checkpoint import load_candidate_checkpoint
 
 
 def write_study(tmp_path, n_trials=4, extra="", name="tiny", space=SPACE):
@@ -54,8 +54,8 @@ def test_study_runs_records_and_resumes(tmp_path):
 
 
 def test_checkpoint_reloads_to_the_same_accuracy(tmp_path):
-    from search.data import DataConfig, load_data
-    from search.train import evaluate
+    from search.training.data import DataConfig, load_data
+    from search.training.trainer import evaluate
 
     path = write_study(tmp_path, n_trials=2, space=SPACE.replace("[1, 2, 3]", "[1, 2]"))
     study = run_study(load_study_file(path))

@@ -1,4 +1,4 @@
-"""Workers on one machine share its cores without being told (``search.threads``)."""
+"""Workers on one machine share its cores without being told (``search.study.threads``)."""
 
 import os
 import signal
@@ -10,12 +10,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.threads import FairThreads, HostWorkers, available_cores
+from search.study.threads import FairThreads, HostWorkers, available_cores
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from search.threads import HostWorkers
+from search.study.threads import HostWorkers
 with HostWorkers(Path(sys.argv[1])):
     print("registered", flush=True)
     time.sleep(600)

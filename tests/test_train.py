@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import search.train as train_module
-from search.data import Augmentation, DataConfig, load_data
+import search.machine as machine
+import search.training.trainer as train_module
+from search.candidate.recipe import Distillation, TrainConfig
 from search.errors import ConfigError
 from search.models import build_model
-from search.train import Distillation, NonFiniteLossError, TrainConfig, Trainer, distillation_loss
+from search.training.data import Augmentation, DataConfig, load_data
+from search.training.trainer import NonFiniteLossError, Trainer, distillation_loss
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +150,9 @@ def test_precision_config_validation():
 @pytest.mark.parametrize("flags,expected", [({"avx512f", "avx512_bf16"}, True), ({"amx_bf16"}, True),
                                             ({"avx512f", "avx2"}, False), (set(), False)])
 def test_auto_precision_follows_the_cpu_bf16_instructions(monkeypatch, flags, expected):
-    monkeypatch.setattr(train_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
     cpu = torch.device("cpu")
-    assert train_module.native_bf16("cpu") is expected
+    assert machine.native_bf16("cpu") is expected
     assert train_module.device_setup(cpu) == ((torch.bfloat16, True) if expected else (None, False))
     # explicit choices win over the hardware; channels_last follows bf16 unless set
     assert train_module.device_setup(cpu, "fp32") == (None, False)

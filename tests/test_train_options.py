@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.data import Augmentation, DataConfig, DataError, load_data, mix_batch
+from search.candidate.recipe import TrainConfig
 from search.errors import ConfigError
 from search.models import build_model
-from search.study import StudyConfig, candidate_from
-from search.train import TrainConfig, Trainer
+from search.study.study_file import StudyConfig, candidate_from
+from search.training.data import Augmentation, DataConfig, DataError, load_data, mix_batch
+from search.training.trainer import Trainer
 
 
 def batch(n=8, h=16, w=16):
@@ -143,8 +144,9 @@ def test_alternating_flips_show_both_views_of_every_image_in_two_epochs():
 def test_ema_is_the_closed_form_average_and_is_what_is_evaluated_and_kept():
     from torch import nn
 
-    from search.candidate import Candidate, run_candidate
+    from search.candidate.candidate import Candidate
     from search.compress.compression import Compression
+    from search.training.run import run_candidate
 
     # the closed form on a toy model: the first update copies W_1, then W_ema = d_n W_ema + (1 - d_n) W_(n+1) with
     # the warmed-up decay d_n = min(d, (1+n)/(10+n)); d = 0.5 is reached at n = 8, so both regimes are checked
@@ -178,7 +180,7 @@ def test_ema_is_the_closed_form_average_and_is_what_is_evaluated_and_kept():
     cand = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, pu=0.2, qw=8, qa=8), train=cfg)
     torch.manual_seed(0)
     result = run_candidate(cand, digits)
-    from search.train import evaluate
+    from search.training.trainer import evaluate
 
     kept = evaluate(result.model, digits.x_val, digits.y_val, digits.mean, digits.std)
     assert kept == pytest.approx(result.history[-1].val_accuracy)
@@ -196,14 +198,14 @@ def test_a_study_trained_with_ema_exports_the_averaged_weights(tmp_path, monkeyp
     import optuna
     from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-    import search.train
+    import search.training.trainer
 
-    monkeypatch.setattr(search.train, "ema_with_warmup", get_ema_multi_avg_fn)
+    monkeypatch.setattr(search.training.trainer, "ema_with_warmup", get_ema_multi_avg_fn)
 
     from search.cli import main
-    from search.runner import run_study
-    from search.study import load_study_file
-    from search.train import evaluate
+    from search.study.runner import run_study
+    from search.study.study_file import load_study_file
+    from search.training.trainer import evaluate
 
     accuracies = {}
     for ema in (0.0, 0.99):

@@ -8,13 +8,15 @@ import optuna
 import pytest
 import torch
 
-from search.candidate import Candidate, costs, run_candidate
+from search.candidate.candidate import Candidate, costs
+from search.candidate.recipe import TrainConfig
 from search.compress.compression import Compression
-from search.data import DataConfig, load_data
 from search.errors import ConfigError
 from search.models.flip import FlipAverage
-from search.study import load_study_file
-from search.train import TrainConfig, predict
+from search.study.study_file import load_study_file
+from search.training.data import DataConfig, load_data
+from search.training.run import run_candidate
+from search.training.trainer import predict
 
 
 def test_off_by_default_and_checked():
@@ -67,7 +69,7 @@ def test_a_compressed_candidate_trains_and_its_accuracy_is_the_averaged_models(t
 
 def test_a_study_with_flip_averaging_exports_it_and_verifies(tmp_path):
     from search.cli import main
-    from search.runner import run_study
+    from search.study.runner import run_study
 
     (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"
                                          "  qw: {choices: [8]}\n  qa: {choices: [8]}\n  ps: {value: 0.3}\n")

@@ -24,8 +24,8 @@ ROOT_ENV = {"PYTHONUNBUFFERED": "1"}
 def child(arch: str, batch_size: int, seconds: float, device: str, images: int, options: dict) -> None:
     """Warm up, say 'ready', wait for 'go' on stdin, train for ``seconds``, print images/s as JSON."""
     from search.bench.throughput import bench_candidate, cifar_shaped
-    from search.data import train_batches
-    from search.train import Trainer
+    from search.training.data import train_batches
+    from search.training.trainer import Trainer
 
     threads = os.environ.get("MICRONET_THREADS")
     if threads:

@@ -19,10 +19,11 @@ import numpy as np
 
 CHILD = """
 import json, sys, torch
-import search.runner  # everything a worker imports
-from search.data import DataConfig, load_data, train_batches
+import search.study.runner  # everything a worker imports
+from search.training.data import DataConfig, load_data, train_batches
 from search.models import build_model
-from search.train import TrainConfig, Trainer
+from search.candidate.recipe import TrainConfig
+from search.training.trainer import Trainer
 device = torch.device(sys.argv[1])
 data = load_data(DataConfig(name="cifar10", path=sys.argv[2]), device)
 trainer = Trainer(build_model("resnet20", num_classes=10).to(device), data, TrainConfig(epochs=1, batch_size=128))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import optuna
 
-from search.record import TrialRecord
+from search.trial.record import TrialRecord
 
 SPACE = """\
 params:

@@ -120,11 +120,12 @@ def run_one(spec: dict) -> dict:
     """Train one (recipe, configuration, seed) on one thread; its record."""
     import torch
 
-    from search.candidate import Candidate, run_candidate
+    from search.candidate.candidate import Candidate
+    from search.candidate.recipe import TrainConfig
     from search.compress.compression import Compression
     from search.config import from_mapping
-    from search.data import DataConfig, load_data
-    from search.train import TrainConfig
+    from search.training.data import DataConfig, load_data
+    from search.training.run import run_candidate
 
     torch.set_num_threads(1)
     data = load_data(from_mapping(DataConfig, spec["data"], "data"))
@@ -155,11 +156,12 @@ def run_speed(spec: dict) -> dict:
     import torch
 
     from search.bench.report import machine
-    from search.candidate import Candidate, compress
+    from search.candidate.candidate import Candidate, compress
+    from search.candidate.recipe import TrainConfig
     from search.compress.compression import Compression
     from search.config import from_mapping
-    from search.data import DataConfig, load_data
-    from search.train import TrainConfig, Trainer
+    from search.training.data import DataConfig, load_data
+    from search.training.trainer import Trainer
 
     torch.set_num_threads(1)
     data = load_data(from_mapping(DataConfig, spec["data"], "data"))

@@ -50,7 +50,7 @@ def machine(device: torch.device | None = None) -> str:
                 break
     except OSError:
         pass
-    from search.train import native_bf16
+    from search.machine import native_bf16
 
     bf16 = "native bf16 (bf16 training path)" if native_bf16("cpu") else "no native bf16 (float32 training path)"
     return f"{cpu}, {bf16}, {torch.get_num_threads()} threads, torch {torch.__version__}"

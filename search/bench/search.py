@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from search.front import dominates, hypervolume
+from search.results.front import dominates, hypervolume
 
 FRACTIONS = (0.25, 0.5, 1.0)
 REFERENCE = (0.10, 0.05)  # (accuracy, score): chance accuracy on 10 classes; a score above every member of the space
@@ -244,8 +244,8 @@ def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) ->
     import optuna
     from optuna.trial import TrialState
 
-    from search.objectives import Objectives
-    from search.record import TrialRecord
+    from search.trial.objectives import Objectives
+    from search.trial.record import TrialRecord
 
     name = f"{arm.name}-s{seed}"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'db' / name}.db")
@@ -297,9 +297,10 @@ def audit(record: dict, work: Path, data_path: str | None, audit_max: int, say, 
     """
     import torch
 
-    from search.candidate import Candidate, run_candidate
-    from search.data import load_data
-    from search.study import load_study_file
+    from search.candidate.candidate import Candidate
+    from search.study.study_file import load_study_file
+    from search.training.data import load_data
+    from search.training.run import run_candidate
 
     loaded = load_study_file(work / "studies" / f"{record['arm']}-s{record['seed']}.yaml", data_path=data_path)
     data = load_data(loaded.config.data)

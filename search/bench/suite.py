@@ -14,7 +14,7 @@ import torch
 
 from search.bench.report import Row
 from search.compress.compression import Compression
-from search.train import device_setup
+from search.training.trainer import device_setup
 
 COMPRESSED = Compression(ps=0.5, qw=8, qa=8)
 NOT_MEASURED = float("nan")

@@ -2,7 +2,8 @@
 
 Classic loop: a Dataset that makes a PIL image per item with torchvision transforms (RandomCrop(32, padding=4),
 RandomHorizontalFlip, ToTensor, Normalize) and a DataLoader with worker processes: the pattern of the seeds'
-scripts. Project loop: :class:`search.train.Trainer` (uint8 tensors on the device, batched tensor augmentation).
+scripts. Project loop: :class:`search.training.trainer.Trainer` (uint8 tensors on the device, batched tensor
+augmentation).
 Both are timed after two warm-up steps, over the same number of steps of the same batch size. The classic loop can
 run under the trainer's precision (bf16 autocast, channels_last), so that the two differ only in the data pipeline.
 """
@@ -20,9 +21,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from search.candidate import Candidate, compress
-from search.data import DataConfig, Splits, load_data
-from search.train import TrainConfig, Trainer, device_setup
+from search.candidate.candidate import Candidate, compress
+from search.candidate.recipe import TrainConfig
+from search.training.data import DataConfig, Splits, load_data
+from search.training.trainer import Trainer, device_setup
 
 
 class PILDataset(Dataset):

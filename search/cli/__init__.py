@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BaseException as e:
-        from search.outage import EXIT_CODE, find_outage
+        from search.study.outage import EXIT_CODE, find_outage
 
-        outage = find_outage(e)  # the storage stayed away too long (search.outage); maybe behind Optuna's errors
+        outage = find_outage(e)  # the storage stayed away too long (search.study.outage); maybe behind Optuna's errors
         if outage is None:
             raise
         print(f"{PROG}: error: {outage}", file=sys.stderr)

@@ -43,7 +43,7 @@ def run(args) -> int:
 
     from search.bench.report import append, machine, markdown, print_table
     from search.bench.suite import FULL, QUICK, run_suite
-    from search.device import pick_device
+    from search.training.device import pick_device
 
     device = pick_device(args.device or "auto")
     start = time.perf_counter()
@@ -68,9 +68,9 @@ def run_search(args) -> int:
 
     from search.bench import search as bench
     from search.bench.report import machine
-    from search.device import pick_device
     from search.errors import ConfigError
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
+    from search.training.device import pick_device
 
     def say(text: str) -> None:
         print(f"bench search: {text}", file=sys.stderr, flush=True)
@@ -131,9 +131,9 @@ def run_recipe(args) -> int:
 
     from search.bench import recipe as bench
     from search.bench.report import machine
-    from search.device import pick_device
     from search.errors import ConfigError
-    from search.study import load_study_file
+    from search.study.study_file import load_study_file
+    from search.training.device import pick_device
 
     def say(text: str) -> None:
         print(f"bench recipe: {text}", file=sys.stderr, flush=True)

@@ -8,8 +8,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from search.device import pick_device  # noqa: F401  (re-exported for the commands)
-from search.train import EpochReport
+from search.training.device import pick_device  # noqa: F401  (re-exported for the commands)
+from search.training.trainer import EpochReport
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:

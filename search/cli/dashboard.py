@@ -12,7 +12,7 @@ import signal
 import sys
 
 from search.errors import ConfigError
-from search.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE
 
 
 def add_parser(commands) -> None:
@@ -27,8 +27,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from search.dashboard import address, build_app, make_server, open_dashboard_source
-    from search.storage import mask
+    from search.results.dashboard import address, build_app, make_server, open_dashboard_source
+    from search.study.storage import mask
 
     url = args.storage or os.environ.get(ENV_STORAGE)
     if not url:

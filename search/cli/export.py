@@ -12,7 +12,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from search.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE
 
 FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all three)"
 

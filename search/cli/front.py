@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from search.errors import ConfigError
-from search.params import columns
-from search.storage import ENV_STORAGE
+from search.space.params import columns
+from search.study.storage import ENV_STORAGE
 
 
 def add_parser(commands) -> None:
@@ -29,7 +29,7 @@ def add_parser(commands) -> None:
 def load_existing_study(storage: str | None, name: str):
     import optuna
 
-    from search.storage import StorageError, mask, open_storage
+    from search.study.storage import StorageError, mask, open_storage
 
     url = storage or os.environ.get(ENV_STORAGE)
     if not url:
@@ -44,8 +44,8 @@ def load_existing_study(storage: str | None, name: str):
 
 
 def run(args) -> int:
-    from search.front import front_rows, plot
-    from search.objectives import Objectives
+    from search.results.front import front_rows, plot
+    from search.trial.objectives import Objectives
 
     study = load_existing_study(args.storage, args.study)
     if args.plot:
@@ -65,12 +65,12 @@ COLUMNS = {"accuracy": ("val acc", ".2%"), "score": ("score", ".4f"), "micronet2
 
 
 def print_front(rows: list[dict], title: str, objectives=None) -> None:
-    from search.objectives import Objectives
+    from search.trial.objectives import Objectives
 
     objectives = objectives or Objectives.parse(None)
     table = Table(title=title)
     shown = [(m.metric_name, *COLUMNS.get(m.name, (m.metric_name, m.fmt))) for m in objectives]
-    params = columns()  # the search parameters' columns (search.params)
+    params = columns()  # the search parameters' columns (search.space.params)
     for col in ("trial", *(title for _, title, _ in shown), "measured", *(p.column[0] for p in params), "params",
                 "MACs", "epochs", "time s", "base"):
         table.add_column(col, justify="left" if col == "arch" else "right")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from search.errors import ConfigError
-from search.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE
 
 
 def add_parser(commands) -> None:
@@ -22,8 +22,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from search import report
     from search.cli.front import load_existing_study
+    from search.results import report
 
     fmt = args.format or ("md" if args.out and args.out.endswith(".md") else "html")
     out = args.out or f"REPORT-{args.study}.{fmt}"

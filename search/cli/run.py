@@ -15,11 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from search.cli.front import print_front
 from search.errors import ConfigError
-from search.front import front_rows
-from search.objectives import Objectives
-from search.record import TrialRecord
-from search.storage import mask
-from search.study import load_study_file, open_study
+from search.results.front import front_rows
+from search.study.storage import mask
+from search.study.study_file import load_study_file, open_study
+from search.trial.objectives import Objectives
+from search.trial.record import TrialRecord
 
 
 def add_parser(commands) -> None:
@@ -54,7 +54,7 @@ def use_threads_argument(args) -> None:
     """``--threads N`` travels in MICRONET_THREADS, where the runner (and the workers ``run`` starts) read it."""
     import os
 
-    from search.threads import ENV_THREADS, fixed_threads
+    from search.study.threads import ENV_THREADS, fixed_threads
 
     if args.threads is not None:
         if args.threads < 1:
@@ -142,7 +142,7 @@ def run(args) -> int:
           file=sys.stderr)
     start = time.perf_counter()
     if args.workers is None and args.trials_per_gpu is None:
-        from search.runner import run_study  # heavy imports only once the arguments are good
+        from search.study.runner import run_study  # heavy imports only once the arguments are good
 
         with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
             with stop_on_sigterm():
@@ -161,15 +161,15 @@ def run(args) -> int:
 
 def check_data(loaded):
     """The study's dataset, loaded on the CPU: present, readable and big enough for its splits, or one line."""
-    from search.data import load_data
+    from search.training.data import load_data
 
     return load_data(loaded.config.data)
 
 
 def run_workers(args, loaded, study) -> int:
     """K local worker processes; this one shows the study's progress from the storage and stops them on Ctrl-C."""
-    from search.launcher import cpu_count, plan_workers, start_workers, stop_workers, visible_gpus, wait_workers
-    from search.threads import fixed_threads
+    from search.study.launcher import cpu_count, plan_workers, start_workers, stop_workers, visible_gpus, wait_workers
+    from search.study.threads import fixed_threads
 
     cfg = loaded.config
     gpus = visible_gpus()
@@ -187,7 +187,7 @@ def run_workers(args, loaded, study) -> int:
     seen: set[int] = set()
     with StudyProgress(cfg.n_trials, cfg.train.epochs) as progress:
         def poll():
-            from search.outage import StorageUnreachable, without_waiting
+            from search.study.outage import StorageUnreachable, without_waiting
 
             try:
                 with without_waiting(loaded.storage_url):

@@ -8,12 +8,12 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from search import micronet2019
+from search.candidate import micronet2019
+from search.candidate.score import ScoreReference, score_model
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.models import build_model
-from search.params import add_arguments, flags
-from search.score import ScoreReference, score_model
+from search.space.params import add_arguments, flags
 
 
 def _int_list(text: str) -> list[int]:
@@ -26,7 +26,7 @@ def _int_list(text: str) -> list[int]:
 def add_parser(commands) -> None:
     p = commands.add_parser("score", help="count parameters and MACs of an architecture and compute its score",
                             description=__doc__)
-    # the search parameters' flags come from their table (search.params), with the candidate's defaults
+    # the search parameters' flags come from their table (search.space.params), with the candidate's defaults
     add_arguments(p, "score", defaults=True, required=("arch",))
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--reference-params", type=float, default=ScoreReference.params,

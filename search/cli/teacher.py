@@ -6,8 +6,8 @@ import json
 
 from search.cli.common import EpochProgress, add_data_arguments, data_overrides, pick_device
 from search.config import from_mapping
-from search.data import DataConfig, load_data
-from search.teacher import TeacherSpec, load_teacher, train_teacher
+from search.training.data import DataConfig, load_data
+from search.training.teacher import TeacherSpec, load_teacher, train_teacher
 
 
 def add_parser(commands) -> None:

@@ -7,19 +7,20 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from search.candidate import Candidate, run_candidate
+from search.candidate.candidate import Candidate
 from search.cli.common import EpochProgress, add_data_arguments, data_overrides, pick_device
 from search.config import from_mapping, load_yaml
-from search.data import DataConfig, load_data
 from search.errors import ConfigError
-from search.params import add_arguments, flags
-from search.teacher import TeacherSpec, get_teacher
+from search.space.params import add_arguments, flags
+from search.training.data import DataConfig, load_data
+from search.training.run import run_candidate
+from search.training.teacher import TeacherSpec, get_teacher
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser("train", help="train and compress one candidate", description=__doc__)
     p.add_argument("config", nargs="?", help="YAML file with the candidate (flags override it)")
-    # the search parameters' flags come from their table (search.params); the rest are train's own
+    # the search parameters' flags come from their table (search.space.params); the rest are train's own
     groups = {name: p.add_argument_group(name) for name in ("model", "compression", "distillation", "training")}
     add_arguments(p, "train", groups=groups)
     k = groups["distillation"]

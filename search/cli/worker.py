@@ -14,8 +14,8 @@ from search.cli.run import (
     stop_on_sigterm,
     use_threads_argument,
 )
-from search.storage import mask
-from search.study import load_study_file, open_study
+from search.study.storage import mask
+from search.study.study_file import load_study_file, open_study
 
 
 def add_parser(commands) -> None:
@@ -35,7 +35,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     import optuna
 
-    from search.runner import finished_count, run_study, worker_name
+    from search.study.runner import finished_count, run_study, worker_name
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     use_threads_argument(args)

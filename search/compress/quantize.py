@@ -4,7 +4,8 @@
 
 - every ``nn.Conv2d`` / ``nn.Linear`` becomes a :class:`QuantConv2d` / :class:`QuantLinear`. Only the class is
   swapped, so the parameters, the state_dict keys and any ``torch.nn.utils.prune`` hooks stay as they were, and
-  ``isinstance(m, nn.Conv2d)`` still holds (ptflops and :mod:`search.complexity` count it as a conv). The forward
+  ``isinstance(m, nn.Conv2d)`` still holds (ptflops and :mod:`search.candidate.complexity` count it as a conv). The
+  forward
   computes with the weight fake-quantized to ``qw`` bits: symmetric, one scale per output channel.
 - every :class:`search.models.layers.Act` becomes a :class:`QuantAct`: ReLU, then unsigned fake-quantization to
   ``qa`` bits over ``[0, range]`` with one range per tensor.

@@ -14,17 +14,17 @@ from optuna.trial import FrozenTrial
 from torch import nn
 
 from search import __version__
-from search.complexity import count_nonzero_params
+from search.candidate.complexity import count_nonzero_params
+from search.candidate.score import ScoreReference, compute_score
 from search.compress import quantization_of
 from search.compress.compression import Compression
 from search.config import from_mapping
-from search.data import Splits
 from search.export.onnx_tolerance import activation_quantizers
 from search.export.vote import VOTE_RULE
 from search.models.flip import FlipAverage
-from search.objectives import Objectives
-from search.record import TrialRecord
-from search.score import ScoreReference, compute_score
+from search.training.data import Splits
+from search.trial.objectives import Objectives
+from search.trial.record import TrialRecord
 
 CARD = "model_card.json"
 README = "README.md"

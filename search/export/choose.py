@@ -11,10 +11,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.export.errors import ExportError
-from search.front import front_trials
-from search.objectives import DEFAULT as DEFAULT_OBJECTIVES
-from search.objectives import Objectives
-from search.record import TrialRecord
+from search.results.front import front_trials
+from search.trial.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from search.trial.objectives import Objectives
+from search.trial.record import TrialRecord
 
 
 def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: float | None = None,

@@ -12,7 +12,6 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from search.data import normalize
 from search.export.card import SCORE_CONVENTION, _common_card, _costs_card, _finish_card, _sum_or_none, _write_card
 from search.export.choose import _require_checkpoint
 from search.export.errors import ExportError
@@ -22,17 +21,18 @@ from search.export.files import (
     STATE_DICT_FILE,
     _check_onnx_packages,
     _publish,
-    _write_graphs,
     check_out_dir,
     parse_formats,
+    write_graphs,
 )
 from search.export.load import _data_config, load_test_data, load_trial_model
 from search.export.onnx_tolerance import onnx_check
 from search.export.verification import VerifyReport, verify
 from search.export.vote import VOTE_RULE, MajorityVote
-from search.front import front_trials
-from search.objectives import Objectives
-from search.train import evaluate
+from search.results.front import front_trials
+from search.training.data import normalize
+from search.training.trainer import evaluate
+from search.trial.objectives import Objectives
 
 
 @dataclass
@@ -76,7 +76,7 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
         if "state_dict" in formats:
             torch.save(model.state_dict(), folder / STATE_DICT_FILE)
             files["state_dict"] = STATE_DICT_FILE
-        files.update(_write_graphs(model, folder, formats, normalize(data.x_test[:2], mean, std), "logits"))
+        files.update(write_graphs(model, folder, formats, normalize(data.x_test[:2], mean, std), "logits"))
         _finish_card(card, files)
         _write_card(folder, card)
         return verify(folder, data=data, reference=model) if verify_export else None
@@ -143,7 +143,7 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
                 torch.save(model.state_dict(), folder / name)
                 row["state_dict"] = name
             files["state_dict"] = MEMBERS_DIR
-        files.update(_write_graphs(ensemble, folder, formats, normalize(data.x_test[:2], mean, std), "scores"))
+        files.update(write_graphs(ensemble, folder, formats, normalize(data.x_test[:2], mean, std), "scores"))
         _finish_card(card, files)
         _write_card(folder, card)
         return verify(folder, data=data, reference=ensemble) if verify_export else None

@@ -1,26 +1,20 @@
-"""Writing an export: the formats, the graphs (TorchScript, ONNX), and publishing the folder atomically (written into a
-temporary sibling, renamed into place at the end)."""
+"""Writing an export: the formats, the graphs (:mod:`search.models.graphs`), and publishing the folder atomically
+(written into a temporary sibling, renamed into place at the end)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from search.export.card import CARD
 from search.export.errors import ExportError, VerificationError
-from search.export.onnx_tolerance import ONNX_OPSET
 from search.export.verification import VerifyReport
+from search.models.graphs import ONNX_FILE, TORCHSCRIPT_FILE, write_graphs  # noqa: F401  (re-exported)
 
 FORMATS = ("torchscript", "onnx", "state_dict")
-TORCHSCRIPT_FILE = "model.torchscript.pt"
-ONNX_FILE = "model.onnx"
 STATE_DICT_FILE = "state_dict.pt"
 MEMBERS_DIR = "state_dicts"      # an ensemble's members, one state dict each
 
@@ -46,29 +40,6 @@ def _check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
         except ImportError:
             raise ExportError(f"the onnx format needs the {name} package: python3 -m pip install {name} (or leave "
                               f"onnx out of --format)") from None
-
-
-def _write_graphs(model: nn.Module, folder: Path, formats: Sequence[str], example: torch.Tensor,
-                  output: str) -> dict:
-    files = {}
-    model.eval()
-    with warnings.catch_warnings():
-        # torch.jit.trace and the TorchScript-based ONNX exporter still work in torch 2.14 but warn that they
-        # are deprecated; the user can do nothing about it here.
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        if "torchscript" in formats:
-            with torch.no_grad():
-                traced = torch.jit.trace(model, example, check_trace=False)  # verify() checks it
-            traced.save(str(folder / TORCHSCRIPT_FILE))
-            files["torchscript"] = TORCHSCRIPT_FILE
-        if "onnx" in formats:
-            torch.onnx.export(model, (example,), str(folder / ONNX_FILE), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["input"], output_names=[output],
-                              dynamic_axes={"input": {0: "batch"}, output: {0: "batch"}})
-            files["onnx"] = ONNX_FILE
-    return files
 
 
 def check_out_dir(out: str | Path, force: bool) -> Path:

@@ -11,16 +11,16 @@ import torch
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from search.candidate import Candidate
-from search.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
+from search.candidate.candidate import Candidate
 from search.compress import bake_weights
 from search.config import from_mapping
-from search.data import DataConfig, Splits, load_data
 from search.export.card import CARD
 from search.export.choose import _require_checkpoint
 from search.export.errors import ExportError
 from search.export.vote import MajorityVote
-from search.record import TrialRecord
+from search.training.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
+from search.training.data import DataConfig, Splits, load_data
+from search.trial.record import TrialRecord
 
 
 def load_trial_model(study: optuna.Study, trial: FrozenTrial, workdir: str | Path) -> tuple[nn.Module, dict]:

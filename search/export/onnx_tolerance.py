@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from search.compress import QuantAct
-from search.data import normalize
 from search.export.vote import MajorityVote
 from search.models.flip import FlipAverage
-from search.train import predict
+from search.models.graphs import ONNX_OPSET  # noqa: F401  (re-exported)
+from search.training.data import normalize
+from search.training.trainer import predict
 
-ONNX_OPSET = 17
 LOGIT_TOLERANCE = 1e-3           # verify: |ONNX output - torch output| of a graph without rounding (see onnx_check)
 JITTER = 2.0 ** -22              # onnx_check: perturbation of each quantizer input, in units of |x| + mean |x|
 FLIP_MARGIN = 2.0                # onnx_check: allowed / simulated movement of the outputs by boundary flips

@@ -10,15 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from search.candidate import Candidate
-from search.checkpoint import rebuild
+from search.candidate.candidate import Candidate
 from search.compress import bake_weights
-from search.data import Splits
 from search.export.errors import VerificationError
 from search.export.load import _data_config, load_state_dict_model, load_test_data, read_card
 from search.export.onnx_tolerance import _onnx_rounding_ops, onnx_check, onnx_predict
 from search.export.vote import MajorityVote
-from search.train import predict
+from search.training.checkpoint import rebuild
+from search.training.data import Splits
+from search.training.trainer import predict
 
 ACCURACY_TOLERANCE = 0.005       # verify: |accuracy of a reloaded artifact - card| (absolute)
 

@@ -1,7 +1,7 @@
 """Early stopping for a multi-objective study (Optuna's ``Trial.report`` / ``should_prune`` refuse several objectives).
 
 A stopper looks at the trial's validation accuracy at epoch k, its costs (the objectives known before training, each
-to minimize: the score by default, :mod:`search.objectives`), and the learning curves of the finished trials, and
+to minimize: the score by default, :mod:`search.trial.objectives`), and the learning curves of the finished trials, and
 returns the reason to stop it, or None to go on. A single cost may be given as a number.
 """
 

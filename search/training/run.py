@@ -1,4 +1,5 @@
-"""One candidate of the search: build → (train dense) → compress → train on (with distillation) → measure.
+"""Train one candidate: build → train dense (or load its shared base) → compress → train on (with distillation) →
+measure. The trial (:mod:`search.trial.pipeline`), the ``train`` command and the benchmarks call it.
 
 Follows seed 000's recipe: train, prune (structured ``ps``, then global unstructured ``pu``), switch on
 quantization-aware training (``qw``, ``qa``), and train on with the distillation loss while the pruned weights stay
@@ -7,107 +8,19 @@ removed; masks are made permanent at the end.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from search.complexity import CIFAR_INPUT, Complexity, count_nonzero_params, measure
+from search.candidate import Candidate, Costs, compress
+from search.candidate.complexity import Complexity, count_nonzero_params, measure
+from search.candidate.score import ScoreReference
 from search.compress import steps, weight_sparsity
-from search.compress.compression import Compression
-from search.config import from_mapping, to_mapping
-from search.data import Splits
-from search.errors import ConfigError
-from search.models import build_model
-from search.models.flip import FlipAverage
-from search.score import Score, ScoreReference, compute_score
-from search.train import Distillation, EpochCallback, EpochReport, TrainConfig, Trainer, evaluate
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """The full configuration of one trial."""
-
-    arch: str = "resnet20"
-    width: float = 1.0
-    groups: int = 1
-    depthwise: bool = False
-    arch_options: dict = field(default_factory=dict)  # extra builder options, e.g. densenet growth_rate, blocks
-    compression: Compression = field(default_factory=Compression)
-    compress_at: float = 0.5   # fraction of the epochs trained dense before compressing (0 = compress at init)
-    distillation: Distillation | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self):
-        if isinstance(self.compress_at, bool) or not isinstance(self.compress_at, (int, float)) \
-                or not 0 <= self.compress_at < 1:
-            raise ConfigError(f"compress_at must be in [0, 1), got {self.compress_at!r}")
-        if not isinstance(self.arch_options, dict):
-            raise ConfigError(f"arch_options must be a mapping, got {self.arch_options!r}")
-
-    def build(self, num_classes: int) -> nn.Module:
-        model = build_model(self.arch, num_classes=num_classes, width=self.width, groups=self.groups,
-                            depthwise=self.depthwise, **self.arch_options)
-        return FlipAverage(model) if self.train.tta_flip else model
-
-    @property
-    def dense_epochs(self) -> int:
-        """Epochs before compression; all of them when nothing is compressed."""
-        if self.compression == Compression():
-            return self.train.epochs
-        # at least one epoch after compressing, so the compressed model is trained (and measured) at all
-        return min(int(round(self.train.epochs * self.compress_at)), self.train.epochs - 1)
-
-    def to_dict(self) -> dict:
-        return to_mapping(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "candidate") -> Candidate:
-        return from_mapping(cls, data, where)
-
-
-def compress(model: nn.Module, compression: Compression) -> nn.Module:
-    """The compression pipeline (:mod:`search.compress.steps`: structured pruning, unstructured pruning, fake
-    quantization); in place where the steps allow."""
-    return steps.compress(model, compression)
-
-
-@dataclass(frozen=True)
-class Costs:
-    """What a candidate costs, known before any training."""
-
-    dense: Complexity
-    compressed: Complexity
-    score: Score             # the seeds' formula on the dense counts with the candidate's ps, pu, qw, qa
-    measured_score: Score    # the formula on the measured compressed counts (pruning already in them)
-
-
-def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference(),
-          input_size: tuple[int, ...] = CIFAR_INPUT) -> Costs:
-    """Build and compress an untrained copy to measure both scores before training.
-
-    Structured pruning keeps the same number of channels per layer whatever the weights, and unstructured pruning
-    removes exactly ``pu`` of the weights, so the counts do not depend on training.
-    """
-    model = candidate.build(num_classes)
-    key = json.dumps([candidate.arch, candidate.width, candidate.groups, candidate.depthwise, candidate.arch_options,
-                      num_classes, list(input_size), candidate.train.tta_flip], sort_keys=True, default=str)
-    if key not in _DENSE:  # a search meets the same architecture many times: count its MACs once
-        _DENSE[key] = measure(model, input_size)
-    compressed = measure(compress(model, candidate.compression), input_size)
-    return _costs(candidate.compression, _DENSE[key], compressed, reference)
-
-
-_DENSE: dict[str, Complexity] = {}
-
-
-def _costs(c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Costs:
-    score = compute_score(dense.params, dense.macs, c, reference)
-    measured = compute_score(compressed.nonzero_params, compressed.macs, Compression(qw=c.qw, qa=c.qa), reference)
-    return Costs(dense, compressed, score, measured)
+from search.training.data import Splits
+from search.training.trainer import EpochCallback, EpochReport, Trainer, evaluate
 
 
 @dataclass
@@ -198,7 +111,7 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
         model, data.x_val, data.y_val, data.mean, data.std)
     test_acc = trainer.evaluate(data.x_test, data.y_test) if test else None
     return CandidateResult(
-        candidate, _costs(candidate.compression, dense, compressed, reference), val, test_acc,
+        candidate, Costs.of(candidate.compression, dense, compressed, reference), val, test_acc,
         weight_sparsity(model), trainer.epoch, time.perf_counter() - start, trainer.images_per_s,
         list(trainer.history), model, base_reused, candidate.dense_epochs if base_reused else 0,
     )

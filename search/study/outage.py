@@ -9,7 +9,7 @@ Errors of the database itself (an integrity error, bad SQL, a finished trial) ar
   buffered and delivered in order by a background thread as soon as the storage answers; reads of the study's
   trials (the early stopper's) return what was last read;
 - everything else waits: the trial's final state (after its buffered writes), claiming the next trial, the study
-  locks (:mod:`search.locks`);
+  locks (:mod:`search.study.locks`);
 - heartbeats that fail are skipped. When the storage is back this worker's running trials beat at once, and for
   ``grace_period`` + ``MAX_DELAY_S`` seconds this worker marks no trial stale: the other workers' last heartbeats
   are as old as the outage, and they need up to a heartbeat interval to beat again, or, for a trial whose result

@@ -1,6 +1,6 @@
 """Where studies live: the storage URL (flag > MICRONET_STORAGE > study file > SQLite default), passwords masked in
 everything we print, unreachable databases reported in one line, outages of database servers ridden out
-(:mod:`search.outage`), and the artifact store for checkpoints."""
+(:mod:`search.study.outage`), and the artifact store for checkpoints."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
 from search.errors import MicronetError
-from search.locks import study_lock
+from search.study.locks import study_lock
 
 ENV_STORAGE = "MICRONET_STORAGE"
 
@@ -89,7 +89,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 
     With ``heartbeat_interval`` (RDB storages only: Optuna's journal storage has no heartbeats) a running trial
     whose worker stops beating for ``grace_period`` seconds is marked FAILED and re-queued. With ``outage_s``, calls
-    to a database server (PostgreSQL, MySQL) ride out an outage of up to that many seconds (:mod:`search.outage`);
+    to a database server (PostgreSQL, MySQL) ride out an outage of up to that many seconds (:mod:`search.study.outage`);
     SQLite and journal files are local files, with no server to lose. Opening fails at once, in one line: at the
     start a wrong URL is likelier than an outage.
     """
@@ -133,7 +133,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     if not server or outage_s is None:
         return storage
     from search.optuna_compat import cached_storage
-    from search.outage import ResilientStorage, configure
+    from search.study.outage import ResilientStorage, configure
 
     grace = (grace_period or 2 * heartbeat_interval) if heartbeat_interval else None
     # the cache Optuna itself puts around an RDBStorage (around a storage of another class it puts none)
@@ -143,8 +143,8 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
 def _outage_engine_kwargs(url: str) -> dict:
     """Connections that notice a dead server: after a restart the pooled connections are dead, and ``pool_pre_ping``
     replaces them before use instead of failing a call on each; PostgreSQL connections also notice a server that
-    vanished without closing them (search.outage.POSTGRES_KEEPALIVES)."""
-    from search.outage import POSTGRES_KEEPALIVES
+    vanished without closing them (search.study.outage.POSTGRES_KEEPALIVES)."""
+    from search.study.outage import POSTGRES_KEEPALIVES
 
     extra: dict = {"pool_pre_ping": True}
     if url.split("://", 1)[0].split("+")[0] in ("postgresql", "postgres"):
@@ -222,11 +222,11 @@ def artifact_store(path: str | Path) -> FileSystemArtifactStore:
 
 
 class _ArtifactStore(FileSystemArtifactStore):
-    """Removes an artifact only once the storage writes made before are delivered (search.outage): during an
+    """Removes an artifact only once the storage writes made before are delivered (search.study.outage): during an
     outage a trial's new resume checkpoint is written but the storage still names the previous one, which must
     stay until it names the new one."""
 
     def remove(self, artifact_id: str) -> None:
-        from search.outage import after_buffered_writes
+        from search.study.outage import after_buffered_writes
 
         after_buffered_writes(lambda: super(_ArtifactStore, self).remove(artifact_id))

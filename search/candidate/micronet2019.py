@@ -1,4 +1,5 @@
-"""The MicroNet Challenge 2019 score (NeurIPS 2019, CIFAR-100 track), beside the seeds' formula (:mod:`search.score`).
+"""The MicroNet Challenge 2019 score (NeurIPS 2019, CIFAR-100 track), beside the seeds' formula
+(:mod:`search.candidate.score`).
 
     score = parameter storage / 36.5 M + math operations / 10.49 B
 

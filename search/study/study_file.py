@@ -1,6 +1,6 @@
 """Study definitions (``studies/*.yaml``) and the multi-objective Optuna study built from them.
 
-Objectives: the study file's ``objectives`` (:mod:`search.objectives`; default maximize validation accuracy,
+Objectives: the study file's ``objectives`` (:mod:`search.trial.objectives`; default maximize validation accuracy,
 minimize score). Each trial samples a candidate from the space, measures
 its score before training, trains it with Pareto-aware early stopping, and stores a checkpoint in the artifact store.
 """
@@ -15,20 +15,20 @@ from pathlib import Path
 
 import optuna
 
-from search.candidate import Candidate
+from search.candidate.candidate import Candidate
+from search.candidate.recipe import TrainConfig
+from search.candidate.score import ScoreReference
 from search.config import from_mapping, load_yaml, to_mapping
-from search.data import DataConfig
 from search.errors import ConfigError
-from search.objectives import DEFAULT as DEFAULT_OBJECTIVES
-from search.objectives import Objectives
-from search.params import candidate_from as _candidate_from
-from search.samplers import ParetoTPESampler, TrialSeededSampler
-from search.score import ScoreReference
-from search.space import CHECKS, Space, load_space
-from search.stopping import EarlyStopper, make_stopper
-from search.storage import StorageError, mask, open_storage, resolve_storage
-from search.teacher import TeacherSpec
-from search.train import TrainConfig
+from search.space.params import candidate_from as _candidate_from
+from search.space.space import CHECKS, Space, load_space
+from search.study.samplers import ParetoTPESampler, TrialSeededSampler
+from search.study.storage import StorageError, mask, open_storage, resolve_storage
+from search.training.data import DataConfig
+from search.training.teacher import TeacherSpec
+from search.trial.objectives import DEFAULT as DEFAULT_OBJECTIVES
+from search.trial.objectives import Objectives
+from search.trial.stopping import EarlyStopper, make_stopper
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
@@ -125,10 +125,10 @@ class StudyConfig:
     heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
     checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
-    storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.outage); 0: none
+    storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.study.outage); 0: none
     reuse_bases: bool = False            # share the dense phase among candidates that differ only in compression
     max_trial_seconds: float | None = None  # a trial predicted or projected to train longer is stopped (none)
-    objectives: list = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))  # search.objectives, in order
+    objectives: list = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))  # search.trial.objectives, in order
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -232,7 +232,7 @@ def _find(relative: str, study_file: Path) -> Path:
 
 
 def candidate_from(values: dict, config: StudyConfig) -> Candidate:
-    """Turn sampled space values into a full candidate on top of the study's defaults (search.params says where
+    """Turn sampled space values into a full candidate on top of the study's defaults (search.space.params says where
     each value lands)."""
     return _candidate_from(values, config.train, config.compress_at)
 

@@ -17,9 +17,9 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.front import front_trials, hypervolume_history
-from search.objectives import Objectives
-from search.record import TrialRecord
+from search.results.front import front_trials, hypervolume_history
+from search.trial.objectives import Objectives
+from search.trial.record import TrialRecord
 
 STATE_COLOURS = {"COMPLETE": "#2a9d3f", "PRUNED": "#e08a00", "FAIL": "#c62828", "RUNNING": "#1f6fd1",
                  "WAITING": "#888888"}

@@ -1,7 +1,7 @@
 """Run a study as one worker: open (or join) it, load the data and teacher once, and run trials until the storage
 holds ``n_trials`` finished ones or ``timeout`` passes. Any number of workers may run this against one storage.
 
-Claiming a trial happens under the study's lock (see :mod:`search.locks`): a worker counts finished, running and
+Claiming a trial happens under the study's lock (see :mod:`search.study.locks`): a worker counts finished, running and
 queued trials and asks for a new one only while they are fewer than ``n_trials``, so the study ends with exactly
 ``n_trials`` finished trials. When the rest are running elsewhere it waits: if one of their workers dies, the
 heartbeat marks its trial FAILED and re-queues it, and a waiting worker picks it up.
@@ -21,15 +21,15 @@ import optuna
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
-from search.data import Splits, load_data
-from search.device import pick_device
-from search.locks import study_lock
-from search.objective import Objective
-from search.record import TrialRecord
-from search.storage import artifact_store, retry_callback
-from search.study import LoadedStudy, open_study
-from search.teacher import get_shared_teacher
-from search.threads import ENV_THREADS, FairThreads, HostWorkers, fixed_threads
+from search.study.locks import study_lock
+from search.study.storage import artifact_store, retry_callback
+from search.study.study_file import LoadedStudy, open_study
+from search.study.threads import ENV_THREADS, FairThreads, HostWorkers, fixed_threads
+from search.training.data import Splits, load_data
+from search.training.device import pick_device
+from search.training.teacher import get_shared_teacher
+from search.trial.pipeline import Objective
+from search.trial.record import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

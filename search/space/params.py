@@ -20,7 +20,8 @@ from typing import Any
 from search.config import number
 from search.errors import ConfigError
 
-# Where a value lands in the candidate (search.candidate.Candidate): a field of the candidate itself, a builder
+# Where a value lands in the candidate (search.candidate.candidate.Candidate): a field of the candidate itself, a
+# builder
 # option of the arch, a field of the compression, of the distillation, of the training config or of its
 # augmentation.
 PLACES = ("candidate", "arch_options", "compression", "distillation", "train", "augment")
@@ -47,7 +48,7 @@ class Param:
         """The candidate's default for it (None where the candidate has none: builder options, distillation)."""
         import dataclasses
 
-        from search.candidate import Candidate
+        from search.candidate.candidate import Candidate
         from search.compress.compression import Compression
 
         owner = {"candidate": Candidate, "compression": Compression}.get(self.place)
@@ -125,7 +126,7 @@ def _compression(key: str):
 
 def _train(key: str):
     def check(value):
-        from search.train import TrainConfig
+        from search.candidate.recipe import TrainConfig
 
         TrainConfig(**{key: value})
     return check
@@ -133,7 +134,7 @@ def _train(key: str):
 
 def _distillation(key: str):
     def check(value):
-        from search.train import Distillation
+        from search.candidate.recipe import Distillation
 
         Distillation(**{key: value})
     return check
@@ -197,9 +198,9 @@ MODEL_OPTIONS = tuple(n for n, p in PARAMETERS.items() if p.place in ("candidate
 
 def candidate_from(values: dict, train, compress_at: float):
     """A full candidate from sampled ``values`` on top of the study's training config and ``compress_at``."""
-    from search.candidate import Candidate
+    from search.candidate.candidate import Candidate
+    from search.candidate.recipe import Distillation
     from search.compress.compression import Compression
-    from search.train import Distillation
 
     unknown = set(values) - set(PARAMETERS)
     if unknown:

@@ -4,7 +4,7 @@ Candidates that differ only in their compression (``ps``, ``pu``, ``qw``, ``qa``
 for ``dense_epochs`` epochs before compressing it. With ``reuse_bases`` the first trial that needs a base trains it
 and writes the trainer's state (weights, optimizer, schedule position, RNG) to the study's artifact store; the
 others load it and go on from there exactly as if they had trained it themselves. A study lock per base makes two
-workers that need the same base at the same moment train it once (as :func:`search.teacher.get_shared_teacher`
+workers that need the same base at the same moment train it once (as :func:`search.training.teacher.get_shared_teacher`
 does for the teacher).
 """
 
@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from search.candidate import Candidate
-from search.data import DataConfig, Splits
-from search.locks import StudyLock
-from search.train import device_setup
+from search.candidate.candidate import Candidate
+from search.study.locks import StudyLock
+from search.training.data import DataConfig, Splits
+from search.training.trainer import device_setup
 
 FORMAT = b"micronet-base 1\n"  # then the sha256 of the payload (32 bytes), then the torch.save payload
 
@@ -82,7 +82,7 @@ def _bytes(t: torch.Tensor) -> bytes:
 class BaseStore:
     """Bases in an Optuna artifact store (``write``, ``open_reader``), as artifacts ``base-<key>``.
 
-    ``lock_for(key)``: the study lock of one base (:func:`search.locks.study_lock`).
+    ``lock_for(key)``: the study lock of one base (:func:`search.study.locks.study_lock`).
     """
 
     def __init__(self, artifact_store, lock_for: Callable[[str], StudyLock]):
@@ -133,7 +133,7 @@ class BaseStore:
 
 @dataclass(frozen=True)
 class Base:
-    """One candidate's base for :func:`search.candidate.run_candidate`: a store and a key bound together.
+    """One candidate's base for :func:`search.training.run.run_candidate`: a store and a key bound together.
     ``on_ready(reused)`` hears, before any compressed epoch, whether the base was loaded or trained here."""
 
     store: BaseStore

@@ -27,9 +27,9 @@ import optuna
 from search.config import load_yaml
 from search.config import number as _number
 from search.errors import ConfigError
-from search.params import MODEL_OPTIONS, PARAMETERS
+from search.space.params import MODEL_OPTIONS, PARAMETERS
 
-# Every key a space may sample, and what it means: from the one table of search parameters (search.params).
+# Every key a space may sample, and what it means: from the one table of search parameters (search.space.params).
 PARAMS = {name: p.help for name, p in PARAMETERS.items()}
 CHECKS = {name: p.check for name, p in PARAMETERS.items()}
 SPEC_KEYS = {"choices", "low", "high", "log", "step", "int", "value", "when"}
@@ -108,7 +108,7 @@ def parse_space(raw: dict, source: str = "space") -> Space:
     return Space(tuple(specs), float(bound), source)
 
 
-# --- values that can never build: refused when the space is read, before a study exists (checks: search.params) ---
+# --- values that can never build, refused when the space is read, before a study exists (search.space.params) ---
 
 def _values(spec: ParamSpec) -> list:
     """The values to check: every choice, the fixed value, or a range's two ends (the checks are monotone)."""

@@ -66,8 +66,8 @@ class ScoreReport:
 
 def score_model(model, compression: Compression = Compression(), reference: ScoreReference = ScoreReference(),
                 input_size: tuple[int, ...] | None = None) -> ScoreReport:
-    """Measure ``model`` (see :mod:`search.complexity`) and score it under ``compression``."""
-    from search.complexity import CIFAR_INPUT, measure
+    """Measure ``model`` (see :mod:`search.candidate.complexity`) and score it under ``compression``."""
+    from search.candidate.complexity import CIFAR_INPUT, measure
 
     counts = measure(model, input_size or CIFAR_INPUT)
     return ScoreReport(counts.params, counts.nonzero_params, counts.macs, compression,

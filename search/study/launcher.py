@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.storage import ENV_STORAGE
-from search.threads import ENV_THREADS
+from search.study.storage import ENV_STORAGE
+from search.study.threads import ENV_THREADS
 
 STOP_GRACE_S = 60.0  # after SIGTERM a worker queues its trial again and exits; after this it is killed
 
@@ -49,7 +49,7 @@ def visible_gpus() -> list[str]:
 
 
 def cpu_count() -> int:
-    from search.threads import available_cores
+    from search.study.threads import available_cores
 
     return available_cores()
 

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from search import __version__
-from search.data import DataConfig, Splits
+from search.candidate.recipe import TrainConfig
 from search.errors import MicronetError
 from search.models import build_model
-from search.train import EpochCallback, TrainConfig, Trainer
+from search.training.data import DataConfig, Splits
+from search.training.trainer import EpochCallback, Trainer
 
 
 class TeacherError(MicronetError):

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 
 from search import __version__
-from search.candidate import Candidate
+from search.candidate.candidate import Candidate
 from search.compress import steps
 from search.config import to_mapping
-from search.data import DataConfig, Splits
 from search.errors import MicronetError
-from search.teacher import save_checkpoint
+from search.training.data import DataConfig, Splits
+from search.training.teacher import save_checkpoint
 
 
 class CheckpointError(MicronetError):

@@ -26,7 +26,7 @@ class TrialRecord:
     score: float | None = None             # the seeds' score, known before training (also on stopped trials)
     measured_score: float | None = None
     dense_epochs: int | None = None        # the epoch it was compressed after (stoppers compare like with like)
-    before_values: dict | None = None      # the objectives known before training, by name (search.objectives)
+    before_values: dict | None = None      # the objectives known before training, by name (search.trial.objectives)
     latency_target: str | None = None      # a measured latency: what was timed, how
     latency_hardware: str | None = None    # ... and on which hardware
     # training
@@ -37,7 +37,7 @@ class TrialRecord:
     sample_s: float | None = None
     images_per_s: float | None = None
     sparsity: float | None = None
-    # reuse of the dense phase (search.bases)
+    # reuse of the dense phase (search.training.bases)
     base_key: str | None = None
     base_reused: bool | None = None
     epochs_saved: int | None = None

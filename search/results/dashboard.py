@@ -16,9 +16,9 @@ from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from search.errors import MicronetError
-from search.storage import StorageError, mask, open_storage
+from search.study.storage import StorageError, mask, open_storage
 
-ARTIFACT_ATTR = "artifact_dir"  # the study user attribute search.study.open_study writes
+ARTIFACT_ATTR = "artifact_dir"  # the study user attribute search.study.study_file.open_study writes
 
 
 class DashboardError(MicronetError):
@@ -95,7 +95,7 @@ def build_app(source: DashboardSource):
     """optuna-dashboard's WSGI app on the source's storage and artifact store."""
     import optuna_dashboard
 
-    from search.storage import artifact_store
+    from search.study.storage import artifact_store
 
     store = artifact_store(source.artifact_dir) if source.artifact_dir is not None else None
     return optuna_dashboard.wsgi(source.storage, artifact_store=store)

@@ -8,10 +8,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import ConfigError
-from search.objectives import DEFAULT, Objectives, check_hardware
-from search.params import columns
-from search.record import TrialRecord
-from search.stopping import dominates
+from search.space.params import columns
+from search.trial.objectives import DEFAULT, Objectives, check_hardware
+from search.trial.record import TrialRecord
+from search.trial.stopping import dominates
 
 __all__ = ["dominates", "front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row"]
 

@@ -9,7 +9,8 @@ worker never blocks the others:
 - MySQL / MariaDB: ``GET_LOCK`` on a connection of its own;
 - SQLite and journal files: a lock file next to the database (``filelock``; ``flock`` underneath).
 
-Over a database outage (:mod:`search.outage`), taking a server lock retries until the storage is back or the outage
+Over a database outage (:mod:`search.study.outage`), taking a server lock retries until the storage is back or the
+outage
 outlasts ``storage_outage_s``. A lock held while its session dies (the server restarted) is gone: the server has
 released it, and another worker may take it while the holder is still inside. For the claim that window is the short
 moment between counting the trials and creating one, so an outage landing exactly there can make one trial more
@@ -75,7 +76,7 @@ class _ServerLock(StudyLock):
         self.connection = None
 
     def _acquire(self) -> None:
-        from search.outage import tracker
+        from search.study.outage import tracker
 
         outages = tracker(self.url)  # set when the study's storage was opened with storage_outage_s
         if outages is None:
@@ -105,7 +106,7 @@ class _ServerLock(StudyLock):
         import sqlalchemy
         from sqlalchemy.pool import NullPool
 
-        from search.outage import POSTGRES_KEEPALIVES, tracker
+        from search.study.outage import POSTGRES_KEEPALIVES, tracker
 
         args: dict = {"connect_timeout": 10}
         if tracker(self.url) is not None and isinstance(self, PostgresLock):
@@ -119,7 +120,7 @@ class _ServerLock(StudyLock):
             try:
                 self._unlock(connection)
             except Exception as e:
-                from search.outage import is_transient
+                from search.study.outage import is_transient
 
                 if not is_transient(e):
                     raise

@@ -16,24 +16,25 @@ import torch
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
-from search import record
-from search.bases import Base, BaseStore, base_key, data_identity, model_digest
-from search.candidate import Candidate, costs, run_candidate
-from search.checkpoint import save_candidate_checkpoint
-from search.data import Splits
+from search.candidate.candidate import Candidate, costs
 from search.errors import ConfigError
-from search.locks import study_lock
-from search.objectives import Objectives, Subject
-from search.record import TrialRecord
-from search.stopping import EarlyStopper, Finished
-from search.study import LoadedStudy, candidate_from
-from search.train import EpochReport, NonFiniteLossError
+from search.study.locks import study_lock
+from search.study.study_file import LoadedStudy, candidate_from
+from search.training.bases import Base, BaseStore, base_key, data_identity, model_digest
+from search.training.checkpoint import save_candidate_checkpoint
+from search.training.data import Splits
+from search.training.run import run_candidate
+from search.training.trainer import EpochReport, NonFiniteLossError
+from search.trial import record
+from search.trial.objectives import Objectives, Subject
+from search.trial.record import TrialRecord
+from search.trial.stopping import EarlyStopper, Finished
 
 ACCURACY_FLOOR = "accuracy_floor"
 
 
 class Objective:
-    """The study's objective: returns the values of the study's objectives (:mod:`search.objectives`; validation
+    """The study's objective: returns the values of the study's objectives (:mod:`search.trial.objectives`; validation
     accuracy and score by default) or raises ``optuna.TrialPruned``."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
@@ -183,7 +184,7 @@ class Objective:
         return tuple(values)
 
     def _base(self, trial, candidate: Candidate) -> Base | None:
-        """With ``reuse_bases``, the shared dense phase of ``candidate`` (:mod:`search.bases`); records
+        """With ``reuse_bases``, the shared dense phase of ``candidate`` (:mod:`search.training.bases`); records
         ``base_key``, then ``base_reused`` and ``epochs_saved`` once the base is loaded or trained."""
         if not self.config.reuse_bases:
             return None
