@@ -28,7 +28,7 @@ from search.study.threads import ENV_THREADS, FairThreads, HostWorkers, fixed_th
 from search.training.data import Splits, load_data
 from search.training.device import pick_device
 from search.training.teacher import get_shared_teacher
-from search.trial.pipeline import Objective
+from search.trial.pipeline import TrialPipeline
 from search.trial.record import TrialRecord
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -91,8 +91,8 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
         teacher = get_shared_teacher(cfg.teacher, cfg.data, data, study, store, lock, on_epoch=on_teacher_epoch,
                                      on_event=say)
     claim = study_lock(loaded.storage_url, f"{cfg.name}:claim")
-    objective = Objective(loaded, data, teacher, store, cfg.stopper.build(cfg.accuracy_floor), on_epoch=on_epoch,
-                          on_start=claim.release, worker=worker_name())
+    objective = TrialPipeline(loaded, data, teacher, store, cfg.stopper.build(cfg.accuracy_floor), on_epoch=on_epoch,
+                              on_start=claim.release, worker=worker_name())
     callbacks = [] if on_trial is None else [lambda study, trial: on_trial(study, trial)]
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
     # Optuna's journal storage has no heartbeats: there a dead worker's trial is never marked FAILED

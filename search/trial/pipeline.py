@@ -1,41 +1,42 @@
-"""What one trial does: sample → candidate → score before training → train with early stopping → record."""
+"""What one trial does, as a pipeline of steps: sample → refuse twins → cost → decide before training → train with
+stopping → record (:meth:`TrialPipeline.finish`). The steps share one :class:`~search.trial.context.TrialContext`;
+the decisions are in :mod:`search.trial.decisions`, the per-epoch bookkeeping in :mod:`search.trial.epochs`, the
+resume checkpoints in :mod:`search.trial.resume`, the reuse of dense bases in :mod:`search.trial.reuse`."""
 
 from __future__ import annotations
 
-import io
 import tempfile
 import time
-import uuid
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from search import optuna_compat as compat
 from search.candidate.candidate import Candidate, costs
 from search.errors import ConfigError
-from search.study.locks import study_lock
 from search.study.study_file import LoadedStudy, candidate_from
-from search.training.bases import Base, BaseStore, base_key, data_identity, model_digest
 from search.training.checkpoint import save_candidate_checkpoint
 from search.training.data import Splits
-from search.training.run import run_candidate
-from search.training.trainer import EpochReport, NonFiniteLossError
+from search.training.run import CandidateResult, run_candidate
+from search.training.trainer import NonFiniteLossError
 from search.trial import record
+from search.trial.context import TrialContext
+from search.trial.decisions import dominated_before_training, predicted_too_long, prune, rivals, twin_of
+from search.trial.epochs import EpochWatch
 from search.trial.objectives import Objectives, Subject
-from search.trial.record import TrialRecord
-from search.trial.stopping import EarlyStopper, Finished
+from search.trial.resume import ResumeCheckpoints
+from search.trial.reuse import BaseReuse
+from search.trial.stopping import EarlyStopper
 
 ACCURACY_FLOOR = "accuracy_floor"
 
 
-class Objective:
-    """The study's objective: returns the values of the study's objectives (:mod:`search.trial.objectives`; validation
-    accuracy and score by default) or raises ``optuna.TrialPruned``."""
+class TrialPipeline:
+    """The study's objective function: runs one trial through its steps and returns the values of the study's
+    objectives (:mod:`search.trial.objectives`; validation accuracy and score by default) or raises
+    ``optuna.TrialPruned``."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
                  artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None):
@@ -46,46 +47,58 @@ class Objective:
         self.on_start = on_start  # called once the trial is sampled and checked for twins (releases the claim)
         self.worker = worker
         self.current_trial_id: int | None = None
-        self._bases: BaseStore | None = None   # reuse_bases: built at the first trial that needs one
-        self._identities: dict[str, str] = {}  # the data's and the teacher's, for base keys: computed once
+        self.resumes = ResumeCheckpoints(artifact_store)
+        self.bases = BaseReuse(loaded, data, teacher, artifact_store)
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = compat.trial_id(trial)
         try:
             values = self._run(trial)
         except Exception:  # finished one way or another (pruned, failed): its resume checkpoint is no use now
-            self._drop_resume(trial)
+            self.resumes.drop(trial)
             raise
         # KeyboardInterrupt (Ctrl-C, SIGTERM) passes by: the trial is queued again and resumes from the checkpoint
-        self._drop_resume(trial)
+        self.resumes.drop(trial)
         return values
 
     def _run(self, trial: optuna.Trial):
-        start = time.perf_counter()
+        run = TrialContext(trial, start=time.perf_counter())
         try:
-            values = self.space.sample(trial)
-            if self.worker:
-                record.write(trial, worker=self.worker)
+            self.sample(run)
             # Still under the runner's claim: every trial started before this one has all its parameters, so
             # two workers that draw the same candidate at once see each other here.
-            duplicate = _duplicate_of(trial)
+            twin = twin_of(trial)
         finally:
             if self.on_start is not None:
                 self.on_start()
-        sample_s = time.perf_counter() - start  # the sampler's share of the orchestration
-        if duplicate:
-            _prune(trial, duplicate)
+        run.sample_s = time.perf_counter() - run.start
+        if twin:
+            prune(trial, twin)
+        self.cost(run)
+        self.decide(run)
+        result = self.train(run)
+        return self.finish(run, result)
+
+    def sample(self, run: TrialContext) -> None:
+        run.values = self.space.sample(run.trial)
+        if self.worker:
+            record.write(run.trial, worker=self.worker)
+
+    def cost(self, run: TrialContext) -> None:
+        """The candidate, its costs and the objectives known before training, recorded; a candidate that cannot be
+        built is pruned."""
+        trial, shape = run.trial, tuple(self.data.x_train.shape[1:])
         try:
-            candidate = candidate_from(values, self.config)
+            candidate = candidate_from(run.values, self.config)
             if candidate.distillation is not None and self.teacher is None:
                 raise ConfigError("distillation sampled but the study has no teacher")
-            cost = costs(candidate, self.data.num_classes, self.config.reference, tuple(self.data.x_train.shape[1:]))
-            subject = Subject(candidate, cost, self.data.num_classes, tuple(self.data.x_train.shape[1:]),
-                              device=self.data.device)
+            cost = costs(candidate, self.data.num_classes, self.config.reference, shape)
+            subject = Subject(candidate, cost, self.data.num_classes, shape, device=self.data.device)
             before = {m.name: m.compute(subject) for m in self.objectives.before}
         except ConfigError as e:
-            _prune(trial, f"cannot build this candidate: {e}")
-        rank_costs = self.objectives.stop_costs(before)
+            prune(trial, f"cannot build this candidate: {e}")
+        run.candidate, run.cost, run.subject, run.before = candidate, cost, subject, before
+        run.rank_costs = self.objectives.stop_costs(before)
         record.write(trial, candidate=candidate.to_dict())
         record.write(
             trial,
@@ -95,68 +108,39 @@ class Objective:
             measured_score=cost.measured_score.total, device=str(self.data.device),
             dense_epochs=candidate.dense_epochs, before_values=before,
         )
-        reason = self._dominated_before_training(trial, rank_costs) or self._predicted_too_long(trial, candidate, cost)
+
+    def decide(self, run: TrialContext) -> None:
+        """Prune, before it trains, a candidate a finished trial dominates or one predicted over the time cap."""
+        reason = dominated_before_training(run.trial, self.objectives, self.config.stopper, run.rank_costs) \
+            or predicted_too_long(run.trial, self.config.max_trial_seconds, len(self.data.y_train),
+                                  run.candidate.train.epochs, run.cost.dense.macs)
         if reason:
-            _prune(trial, reason)
+            prune(run.trial, reason)
 
-        storage, trial_id = trial.storage, compat.trial_id(trial)
-        spent = [0.0]  # seconds in the per-epoch bookkeeping below: orchestration, not training
-        trained = [0, time.perf_counter()]  # epochs this trial trained itself (not a reused base's), since when
-
-        def on_epoch(report: EpochReport) -> None:
-            t0 = time.perf_counter()
-            try:
-                _on_epoch(report)
-            finally:
-                spent[0] += time.perf_counter() - t0
-
-        def _on_epoch(report: EpochReport) -> None:
-            # Trial.report refuses multi-objective studies; the storage call is what it would do, so the
-            # dashboard draws learning curves from these intermediate values.
-            storage.set_trial_intermediate_value(trial_id, report.epoch, report.val_accuracy)
-            if self.on_epoch is not None:
-                self.on_epoch(trial.number, report)
-            why = None
-            # No decision after the last epoch (stopping saves nothing and would lose the result), nor at an epoch
-            # replayed from a reused base (images_per_s 0): it cost nothing, and its accuracy is the shared dense
-            # network's, the same for every candidate on that base, so a rung there would rank siblings by score
-            # alone and stop the lightly compressed ones before they show what they do.
-            if report.epoch < report.epochs and report.images_per_s > 0:
-                why = self.stopper.should_stop(report.epoch, report.val_accuracy, rank_costs,
-                                               _Lazy(lambda: self._finished(trial)), candidate.dense_epochs)
-            if report.images_per_s > 0:  # trained here, not replayed from a reused base
-                trained[0] += 1
-                why = why or self._projected_too_long(report, trained[0], time.perf_counter() - trained[1] - spent[0])
-            elif trained[0] == 0:
-                trained[1] = time.perf_counter()  # the replay of a reused base costs nothing: the clock starts after
-            if why:
-                record.write(trial, wall_s=time.perf_counter() - start, epochs_run=report.epoch)
-                _prune(trial, why)
-
-        last_saved = [time.monotonic()]
-
-        def on_state(epoch: int, get_state) -> None:
-            # Losing a few seconds of training to a killed worker costs less than a checkpoint after every short
-            # epoch (on the quickstart, checkpoints every epoch took 1 % of the trial time).
-            every, t0 = self.config.checkpoint_every, time.monotonic()
-            if every and epoch % every == 0 and epoch < candidate.train.epochs \
-                    and t0 - last_saved[0] >= self.config.checkpoint_min_seconds:
-                self._save_resume(trial, candidate, epoch, get_state())
-                last_saved[0] = time.monotonic()
-                spent[0] += last_saved[0] - t0
-
-        resume = self._resume_state(trial, candidate)
-        base = None if resume is not None else self._base(trial, candidate)  # a resumed run is past its base
+    def train(self, run: TrialContext) -> CandidateResult:
+        """Train the candidate, from its resume checkpoint or its reused base if it has one; the epoch watch stops it
+        early and writes resume checkpoints."""
+        trial, candidate = run.trial, run.candidate
+        run.trained_since = time.perf_counter()
+        watch = EpochWatch(run, self.stopper, self.config, rivals=lambda: rivals(self.stopper, self.objectives, trial),
+                           save=lambda epoch, state: self.resumes.save(trial, candidate, epoch, state),
+                           on_epoch=self.on_epoch)
+        resume = self.resumes.load(trial, candidate)
+        base = None if resume is not None else self.bases.base(trial, candidate)  # a resumed run is past its base
         try:
-            result = run_candidate(candidate, self.data, self.teacher, on_epoch=on_epoch,
-                                   reference=self.config.reference, resume=resume, on_state=on_state, known=cost,
-                                   base=base)
+            return run_candidate(candidate, self.data, self.teacher, on_epoch=watch.on_epoch,
+                                 reference=self.config.reference, resume=resume, on_state=watch.on_state,
+                                 known=run.cost, base=base)
         except NonFiniteLossError as e:
-            _prune(trial, str(e))
+            prune(trial, str(e))
+
+    def finish(self, run: TrialContext, result: CandidateResult) -> tuple[float, ...]:
+        """Record the training, set the accuracy floor's constraint, measure the values, upload the checkpoint."""
+        trial = run.trial
         record.write(
             trial,
-            epochs_run=result.epochs_run, wall_s=time.perf_counter() - start,
-            train_s=result.wall_s - spent[0], bookkeeping_s=spent[0], sample_s=sample_s,
+            epochs_run=result.epochs_run, wall_s=time.perf_counter() - run.start,
+            train_s=result.wall_s - run.bookkeeping_s, bookkeeping_s=run.bookkeeping_s, sample_s=run.sample_s,
             images_per_s=result.train_images_per_s, sparsity=result.sparsity,
             threads=torch.get_num_threads(),  # this worker's share of its host's cores when the trial ended
             nonzero_params=result.costs.compressed.nonzero_params,
@@ -164,213 +148,34 @@ class Objective:
         )
         if self.config.accuracy_floor is not None:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
-        values = self._values(trial, result, before, replace(subject, model=result.model))
-        self._save_checkpoint(trial, candidate, result)
+        values = objective_values(self.objectives, trial, result, run.before, replace(run.subject, model=result.model))
+        upload_checkpoint(trial, run.candidate, result, self.data, self.config.data, self.artifact_store)
         return values
 
-    def _values(self, trial, result, before: dict[str, float], subject: Subject) -> tuple[float, ...]:
-        """The trial's values in the order of the study's objectives; measured ones are timed now and recorded with
-        their target and hardware."""
-        values = []
-        for m in self.objectives:
-            if m.when == "training":
-                values.append(result.val_accuracy)
-            elif m.when == "before":
-                values.append(before[m.name])
-            else:
-                value, extra = m.record(subject)
-                record.write(trial, **extra)
-                values.append(value)
-        return tuple(values)
 
-    def _base(self, trial, candidate: Candidate) -> Base | None:
-        """With ``reuse_bases``, the shared dense phase of ``candidate`` (:mod:`search.training.bases`); records
-        ``base_key``, then ``base_reused`` and ``epochs_saved`` once the base is loaded or trained."""
-        if not self.config.reuse_bases:
-            return None
-        ids = self._identities
-        if "data" not in ids:
-            ids["data"] = data_identity(self.config.data, self.data)
-        if candidate.distillation is not None and "teacher" not in ids:
-            ids["teacher"] = f"{self.config.teacher.key(self.config.data)}-{model_digest(self.teacher)}"
-        key = base_key(candidate, ids["data"], ids.get("teacher"), self.data.device.type)
-        record.write(trial, base_key=key, base_reused=False, epochs_saved=0)
-        if key is None:
-            return None
-        if self._bases is None:
-            url, name = self.loaded.storage_url, self.config.name
-            self._bases = BaseStore(self.artifact_store, lambda k: study_lock(url, f"{name}:base:{k}"))
-
-        def ready(reused: bool) -> None:
-            record.write(trial, base_reused=reused, epochs_saved=candidate.dense_epochs if reused else 0)
-
-        return Base(self._bases, key, ready)
-
-    def _save_resume(self, trial, candidate: Candidate, epoch: int, state: dict) -> None:
-        """Write the trial's state after ``epoch`` to the artifact store, then point the trial at it: a worker killed
-        while writing leaves the previous checkpoint in charge."""
-        buffer = io.BytesIO()
-        torch.save({**state, "candidate": candidate.to_dict()}, buffer)
-        buffer.seek(0)
-        artifact_id = f"resume-{uuid.uuid4().hex}"
-        self.artifact_store.write(artifact_id, buffer)
-        previous = TrialRecord.of(trial).resume
-        record.write(trial, resume={"artifact_id": artifact_id, "epoch": epoch})
-        if previous:
-            self._remove(previous["artifact_id"])
-
-    def _resume_state(self, trial, candidate: Candidate) -> dict | None:
-        """The last epoch checkpoint of the trial this one retries, if there is one and it can be read."""
-        pointer = TrialRecord.of(trial).resume  # copied from the failed trial by the retry callback
-        if not pointer or trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is None:
-            return None
-        try:
-            with self.artifact_store.open_reader(pointer["artifact_id"]) as f:
-                state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
-        except Exception as e:  # missing or torn file: start again from epoch 0
-            record.write(trial, resume_error=f"{type(e).__name__}: {e}"[:200])
-            return None
-        if state.get("candidate") != candidate.to_dict():
-            return None
-        record.write(trial, resumed_from_epoch=pointer["epoch"])
-        return state
-
-    def _drop_resume(self, trial) -> None:
-        pointer = TrialRecord.of(trial).resume
-        if pointer:
-            self._remove(pointer["artifact_id"])
-            record.write(trial, resume=None)
-
-    def _remove(self, artifact_id: str) -> None:
-        try:
-            self.artifact_store.remove(artifact_id)
-        except Exception:
-            pass  # already gone (another retry of the same trial removed it)
-
-    def _finished(self, trial) -> list[Finished]:
-        """The rivals the stopper compares ``trial`` with: the complete trials, or for a stopper that sees "all"
-        every other trial with a learning curve (complete, stopped early, running)."""
-        states = (TrialState.COMPLETE,) if self.stopper.sees != "all" else (
-            TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        out = []
-        for t in trial.study.get_trials(deepcopy=False, states=states):
-            if t.number == trial.number or (self.stopper.sees == "all" and not t.intermediate_values):
-                continue
-            costs = self.objectives.stop_costs(known_before(self.objectives, t))
-            if costs is not None:
-                out.append(Finished(costs, dict(t.intermediate_values), TrialRecord.of(t).dense_epochs))
-        return out
-
-    def _predicted_too_long(self, trial, candidate: Candidate, cost) -> str | None:
-        """With ``max_trial_seconds``: the reason not to start a candidate whose training time, predicted from its
-        MACs and the training throughput (MACs × images per second) of the trials finished so far, is over the cap.
-        Until three trials have finished nothing is predicted; the per-epoch projection still bounds the first."""
-        cap = self.config.max_trial_seconds
-        if cap is None:
-            return None
-        rates = []
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            r = TrialRecord.of(t)
-            epochs = (r.epochs_run or 0) - (r.epochs_saved or 0)
-            if r.train_s and r.dense_macs and epochs > 0:
-                rates.append(r.dense_macs * len(self.data.y_train) * epochs / r.train_s)
-        if len(rates) < 3:
-            return None
-        epochs = candidate.train.epochs
-        predicted = cost.dense.macs * len(self.data.y_train) * epochs / float(np.median(rates))
-        if predicted <= cap:
-            return None
-        record.write(trial, predicted_train_s=predicted)
-        return (f"predicted to train for {predicted:.0f} s ({epochs} epochs at the median MAC throughput of "
-                f"{len(rates)} finished trials), over max_trial_seconds {cap:g}")
-
-    def _projected_too_long(self, report: EpochReport, trained: int, seconds: float) -> str | None:
-        """With ``max_trial_seconds``: the reason to stop a trial whose epochs so far project past the cap."""
-        cap = self.config.max_trial_seconds
-        if cap is None or report.epoch >= report.epochs:  # the last epoch is spent already: stopping saves nothing
-            return None
-        projected = seconds + seconds / trained * (report.epochs - report.epoch)
-        if projected <= cap:
-            return None
-        return (f"projected to train for {projected:.0f} s ({seconds:.0f} s for its first {trained} epoch(s) of "
-                f"{report.epochs}), over max_trial_seconds {cap:g}")
-
-    def _dominated_before_training(self, trial, costs: tuple[float, ...] | None) -> str | None:
-        """Why a candidate cannot enter the front before it trains: a finished trial has every cost no worse and at
-        least ``skip_accuracy``. Only when every cost is known before training (a measured latency may still win)."""
-        stopper = self.config.stopper
-        if not stopper.skip_dominated or costs is None or any(m.when != "before" for m in self.objectives.costs):
-            return None
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            theirs = self.objectives.stop_costs(known_before(self.objectives, t))
-            accuracy = self.objectives.accuracy(t)
-            if all(x <= y for x, y in zip(theirs, costs, strict=True)) and accuracy >= stopper.skip_accuracy:
-                shown = ", ".join(f"{m.name} {a:.4g} <= {b:.4g}" for m, a, b in zip(self.objectives.before, theirs,
-                                                                                     costs, strict=True))
-                return (f"cannot enter the front: trial {t.number} has {shown} and accuracy {accuracy:.4f} >= "
-                        f"{stopper.skip_accuracy:g}")
-        return None
-
-    def _save_checkpoint(self, trial, candidate: Candidate, result) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"trial-{trial.number}.pt"
-            save_candidate_checkpoint(path, candidate, result.model, self.data, self.config.data,
-                                      result.val_accuracy)
-            artifact_id = optuna.artifacts.upload_artifact(artifact_store=self.artifact_store, file_path=str(path),
-                                                           study_or_trial=trial, mimetype="application/octet-stream")
-        record.write(trial, checkpoint_artifact_id=artifact_id)
-
-
-def known_before(objectives: Objectives, t) -> dict[str, float]:
-    """A trial's before-training values: from its values when complete, else from its record."""
-    if t.state == TrialState.COMPLETE:
-        return {m.name: objectives.value(t, m.name) for m in objectives.before}
-    r = TrialRecord.of(t)
-    return objectives.before_values(r.before_values, r.score)
-
-
-def _duplicate_of(trial) -> str | None:
-    """Why ``trial`` need not be trained: a finished trial, or a running one that started first, has its parameters.
-
-    Called under the study's claim lock, after sampling: the trials that started earlier have all their
-    parameters. Of two running twins only the later defers, so a candidate is trained once, never zero times. A
-    retry of a failed trial (``failed_trial``) is the one legitimate repeat: its original is FAIL, a state not
-    looked at here.
-    """
-    if trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is not None:
-        return None
-    params = trial.params
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                            TrialState.RUNNING)):
-        if t.number == trial.number or t.params != params:
-            continue
-        if t.state == TrialState.RUNNING:
-            if t.number < trial.number:
-                return f"same parameters as trial {t.number}, running"
+def objective_values(objectives: Objectives, trial, result: CandidateResult, before: dict[str, float],
+                     subject: Subject) -> tuple[float, ...]:
+    """The trial's values in the order of the study's objectives; measured ones are timed now and recorded with
+    their target and hardware."""
+    values = []
+    for m in objectives:
+        if m.when == "training":
+            values.append(result.val_accuracy)
+        elif m.when == "before":
+            values.append(before[m.name])
         else:
-            return f"same parameters as trial {t.number}, already {t.state.name.lower()}"
-    return None
+            value, extra = m.record(subject)
+            record.write(trial, **extra)
+            values.append(value)
+    return tuple(values)
 
 
-class _Lazy(Sequence):
-    """The finished trials, read from the storage only if the stopper looks at them (not before its warm-up, never
-    with the stopper off): one query per epoch saved."""
-
-    def __init__(self, load):
-        self._load, self._items = load, None
-
-    def _get(self) -> list:
-        if self._items is None:
-            self._items = self._load()
-        return self._items
-
-    def __getitem__(self, i):
-        return self._get()[i]
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-
-def _prune(trial, reason: str):
-    record.write(trial, pruned_reason=reason)
-    raise optuna.TrialPruned(reason)
+def upload_checkpoint(trial, candidate: Candidate, result: CandidateResult, data: Splits, data_config,
+                      artifact_store) -> None:
+    """Save the trained candidate's checkpoint and upload it as the trial's artifact."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"trial-{trial.number}.pt"
+        save_candidate_checkpoint(path, candidate, result.model, data, data_config, result.val_accuracy)
+        artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store, file_path=str(path),
+                                                       study_or_trial=trial, mimetype="application/octet-stream")
+    record.write(trial, checkpoint_artifact_id=artifact_id)
