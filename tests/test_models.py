@@ -24,6 +24,17 @@ def test_registry_lists_the_three_archs():
     assert list_models() == ["densenet", "resnet18", "resnet20"]
 
 
+def test_a_name_registered_twice_is_refused():
+    from search.models.registry import register_model
+
+    def resnet20():
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match=r"model 'resnet20' is already registered \(by search\.models\.resnet\."):
+        register_model(resnet20)
+    assert list_models() == ["densenet", "resnet18", "resnet20"]
+
+
 @pytest.mark.parametrize("arch,kwargs,expected", PARAMS)
 def test_parameter_counts(arch, kwargs, expected):
     assert n_params(build_model(arch, **kwargs)) == expected

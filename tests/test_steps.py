@@ -1,5 +1,6 @@
 """Compression as plug-in steps: one pipeline for training (compress, finish) and for loading (rebuild)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,5 +68,6 @@ def test_an_off_step_is_skipped_and_a_registered_step_joins_the_pipeline(monkeyp
     steps.compress(model(), Compression(qw=8))
     steps.rebuild(model(), Compression(qw=8))
     assert calls == [8, 8]
-    steps.register(Halve())  # the same name again replaces the step where it stood
+    with pytest.raises(ValueError, match="compression step 'halve' is already registered"):
+        steps.register(Halve())  # the same name again is refused (as models and objectives are)
     assert [s.name for s in steps.STEPS].count("halve") == 1

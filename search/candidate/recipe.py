@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from search.config import number as _number
+from search.config import number
 from search.errors import ConfigError
 from search.training.data import Augmentation
 
@@ -47,11 +47,11 @@ class TrainConfig:
                f"epochs must be an integer >= 1, got {self.epochs!r}")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
                f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        _check(_number(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
-        _check(_number(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
-        _check(_number(self.weight_decay) and self.weight_decay >= 0,
+        _check(number(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
+        _check(number(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
+        _check(number(self.weight_decay) and self.weight_decay >= 0,
                f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        _check(_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+        _check(number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         _check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _check(self.channels_last in (None, True, False), f"channels_last must be true, false or null, got "
@@ -59,15 +59,15 @@ class TrainConfig:
         _check(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         _check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got "
                f"{self.precision!r}")
-        _check(_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
+        _check(number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
                f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                f"{self.optimizer!r}")
         _check(isinstance(self.tta_flip, bool), f"tta_flip must be true or false, got {self.tta_flip!r}")
-        _check(_number(self.ema) and 0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0 = off), got {self.ema!r}")
+        _check(number(self.ema) and 0 <= self.ema < 1, f"ema must be a decay in [0, 1) (0 = off), got {self.ema!r}")
         for key in ("mixup", "cutmix"):
             value = getattr(self, key)
-            _check(_number(value) and value >= 0, f"{key} must be a number >= 0 (the Beta distribution's alpha; "
+            _check(number(value) and value >= 0, f"{key} must be a number >= 0 (the Beta distribution's alpha; "
                    f"0 = off), got {value!r}")
 
     def lr_at(self, progress: float) -> float:
@@ -92,10 +92,10 @@ class Distillation:
     final_temperature: float | None = None
 
     def __post_init__(self):
-        _check(_number(self.temperature) and self.temperature > 0,
+        _check(number(self.temperature) and self.temperature > 0,
                f"kd temperature must be a number > 0, got {self.temperature!r}")
-        _check(_number(self.alpha) and 0 <= self.alpha <= 1, f"kd alpha must be in [0, 1], got {self.alpha!r}")
-        _check(self.final_temperature is None or (_number(self.final_temperature) and self.final_temperature > 0),
+        _check(number(self.alpha) and 0 <= self.alpha <= 1, f"kd alpha must be in [0, 1], got {self.alpha!r}")
+        _check(self.final_temperature is None or (number(self.final_temperature) and self.final_temperature > 0),
                f"kd final temperature must be a number > 0, got {self.final_temperature!r}")
 
     def temperature_at(self, progress: float) -> float:

@@ -7,11 +7,9 @@ the server.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
-from search.errors import ConfigError
 from search.study.storage import ENV_STORAGE
 
 
@@ -28,11 +26,9 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from search.results.dashboard import address, build_app, make_server, open_dashboard_source
-    from search.study.storage import mask
+    from search.study.storage import given_storage, mask
 
-    url = args.storage or os.environ.get(ENV_STORAGE)
-    if not url:
-        raise ConfigError(f"give the storage: --storage URL or {ENV_STORAGE}")
+    url = given_storage(args.storage)
     source = open_dashboard_source(url, args.artifacts)
     server = make_server(build_app(source), args.host, args.port)
     for note in source.notes:

@@ -12,7 +12,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from search.study.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE, load_existing_study
 
 FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all three)"
 
@@ -61,7 +61,6 @@ def run(args) -> int:
 def choose_and_export(args, choose, export, title) -> int:
     """What ``export`` and ``ensemble`` share: open the study, ``choose`` what to export from it, ``export`` it with
     the common flags, print the summary titled ``title(chosen)``; a failed verification is exit 1."""
-    from search.cli.front import load_existing_study
     from search.export import VerificationError, parse_formats
 
     formats = parse_formats(args.format)

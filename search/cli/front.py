@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from search.errors import ConfigError
 from search.space.params import columns
-from search.study.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE, load_existing_study
 
 
 def add_parser(commands) -> None:
@@ -24,23 +21,6 @@ def add_parser(commands) -> None:
     p.add_argument("--mixed-hardware", action="store_true",
                    help="accept latencies measured on different hardware in one front")
     p.set_defaults(handler=run)
-
-
-def load_existing_study(storage: str | None, name: str):
-    import optuna
-
-    from search.study.storage import StorageError, mask, open_storage
-
-    url = storage or os.environ.get(ENV_STORAGE)
-    if not url:
-        raise ConfigError(f"give the storage: --storage URL or {ENV_STORAGE}")
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise StorageError(f"no SQLite database at {url[len('sqlite:///'):]}; check --storage")  # don't create one
-    store = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if name not in names:
-        raise StorageError(f"no study {name!r} in {mask(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
-    return optuna.load_study(study_name=name, storage=store)
 
 
 def run(args) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from search.errors import ConfigError
-from search.study.storage import ENV_STORAGE
+from search.study.storage import ENV_STORAGE, load_existing_study
 
 
 def add_parser(commands) -> None:
@@ -22,7 +22,6 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from search.cli.front import load_existing_study
     from search.results import report
 
     fmt = args.format or ("md" if args.out and args.out.endswith(".md") else "html")
@@ -31,7 +30,7 @@ def run(args) -> int:
         folder = Path(out).resolve().parent
         if not folder.is_dir():
             raise ConfigError(f"cannot write {out}: the folder {folder} does not exist")
-    study = load_existing_study(args.storage or os.environ.get(ENV_STORAGE), args.study)
+    study = load_existing_study(args.storage, args.study)
     built = report.build(study)
     text = report.to_html(built) if fmt == "html" else report.to_markdown(built)
     if out == "-":

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from search.cli.run import (
-    StudyProgress,
-    add_data_path_argument,
-    add_threads_argument,
-    check_data,
-    stop_on_sigterm,
-    use_threads_argument,
-)
+from search.cli.common import StudyProgress, add_data_path_argument, add_threads_argument, use_threads_argument
+from search.study.session import check_data, stop_on_sigterm
 from search.study.storage import mask
 from search.study.study_file import load_study_file, open_study
 

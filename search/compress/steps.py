@@ -71,11 +71,11 @@ STEPS: list[CompressionStep] = []
 
 
 def register(step: CompressionStep) -> CompressionStep:
-    """Append ``step`` to the pipeline; a step of the same name is replaced where it stood."""
-    for i, existing in enumerate(STEPS):
+    """Append ``step`` to the pipeline; a name already taken is refused (as models and objectives are)."""
+    for existing in STEPS:
         if existing.name == step.name:
-            STEPS[i] = step
-            return step
+            raise ValueError(f"compression step {step.name!r} is already registered "
+                             f"(by {type(existing).__qualname__})")
     STEPS.append(step)
     return step
 

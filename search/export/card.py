@@ -38,7 +38,7 @@ def _reference(study: optuna.Study) -> ScoreReference:
     return from_mapping(ScoreReference, values, "study reference") if values else ScoreReference()
 
 
-def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> dict:
+def costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> dict:
     """Bit widths, counts and both scores with their terms, from the trial's records."""
     a = TrialRecord.of(trial)
     compression = Compression(**(a.candidate or {}).get("compression", {}))
@@ -68,7 +68,8 @@ def _costs_card(study: optuna.Study, trial: FrozenTrial, model: nn.Module) -> di
     return card
 
 
-def _common_card(data_config: dict, data: Splits, meta: dict, formats: Sequence[str], output: str) -> dict:
+def common_card(data_config: dict, data: Splits, meta: dict, formats: Sequence[str], output: str) -> dict:
+    """The card's entries a model and an ensemble share: versions, dataset, preprocessing, input and output."""
     versions = {"micronet-search": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
                 "python": platform.python_version()}
     if "onnx" in formats:
@@ -90,7 +91,8 @@ def _common_card(data_config: dict, data: Splits, meta: dict, formats: Sequence[
     }
 
 
-def _finish_card(card: dict, files: dict) -> None:
+def finish_card(card: dict, files: dict) -> None:
+    """Add the written ``files`` and how to load them."""
     card["files"] = files
     card["how_to_load"] = how_to_load(card)
 
@@ -118,12 +120,14 @@ def _fmt(values) -> str:
     return "[" + ", ".join(f"{v:.6f}" for v in values) + "]"
 
 
-def _sum_or_none(values: Iterable):
+def sum_or_none(values: Iterable):
+    """The sum, or None if any value is unknown."""
     values = list(values)
     return None if any(v is None for v in values) else sum(values)
 
 
-def _write_card(folder: Path, card: dict) -> None:
+def write_card(folder: Path, card: dict) -> None:
+    """``model_card.json`` and ``README.md`` into ``folder``."""
     (folder / CARD).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / README).write_text(readme(card), encoding="utf-8")
 

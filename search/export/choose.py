@@ -135,7 +135,7 @@ def select_members(study: optuna.Study, trials: Sequence[int] | None = None, top
                           f"{', '.join(str(t.number) for t in front)})")
     objectives = Objectives.of_study(study)
     ranked = sorted(front, key=lambda t: (-objectives.accuracy(t), objectives.first_cost(t), t.number))
-    return [_require_checkpoint(t) for t in ranked[:top_k]]
+    return [require_checkpoint(t) for t in ranked[:top_k]]
 
 
 def trial_with_checkpoint(study: optuna.Study, number: int) -> FrozenTrial:
@@ -144,10 +144,11 @@ def trial_with_checkpoint(study: optuna.Study, number: int) -> FrozenTrial:
     if not match:
         known = f"trials 0..{max(t.number for t in trials)}" if trials else "no trials"
         raise ExportError(f"study {study.study_name!r} has no trial {number} ({known})")
-    return _require_checkpoint(match[0])
+    return require_checkpoint(match[0])
 
 
-def _require_checkpoint(t: FrozenTrial) -> FrozenTrial:
+def require_checkpoint(t: FrozenTrial) -> FrozenTrial:
+    """``t``, if it completed with a checkpoint; else an :class:`ExportError` saying why not."""
     if t.state != TrialState.COMPLETE:
         reason = TrialRecord.of(t).pruned_reason
         why = f" (pruned_reason: {reason})" if reason else ""

@@ -12,20 +12,20 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial
 
-from search.export.card import SCORE_CONVENTION, _common_card, _costs_card, _finish_card, _sum_or_none, _write_card
-from search.export.choose import _require_checkpoint
+from search.export.card import SCORE_CONVENTION, common_card, costs_card, finish_card, sum_or_none, write_card
+from search.export.choose import require_checkpoint
 from search.export.errors import ExportError
 from search.export.files import (
     FORMATS,
     MEMBERS_DIR,
     STATE_DICT_FILE,
-    _check_onnx_packages,
-    _publish,
+    check_onnx_packages,
     check_out_dir,
     parse_formats,
+    publish,
     write_graphs,
 )
-from search.export.load import _data_config, load_test_data, load_trial_model
+from search.export.load import load_test_data, load_trial_model, with_data_path
 from search.export.onnx_tolerance import onnx_check
 from search.export.verification import VerifyReport, verify
 from search.export.vote import VOTE_RULE, MajorityVote
@@ -51,12 +51,12 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
     the folder is put in place; a mismatch raises :class:`VerificationError` and leaves ``out`` untouched.
     """
     formats = parse_formats(formats)
-    _check_onnx_packages(formats, verify_export)
+    check_onnx_packages(formats, verify_export)
     out = check_out_dir(out, force)
-    _require_checkpoint(trial)
+    require_checkpoint(trial)
     with tempfile.TemporaryDirectory(prefix="micronet-export-") as work:
         model, meta = load_trial_model(study, trial, work)
-    data_config = _data_config(meta["data"], data_path)
+    data_config = with_data_path(meta["data"], data_path)
     data = load_test_data(data_config)
     mean, std = meta["mean"], meta["std"]
     test_accuracy = evaluate(model, data.x_test, data.y_test, mean, std)
@@ -64,9 +64,9 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
         "kind": "model", "study": study.study_name, "trial": trial.number,
         "on_front": trial.number in {t.number for t in front_trials(study)},
         "candidate": meta["candidate"], "num_classes": meta["num_classes"],
-        **_costs_card(study, trial, model),
+        **costs_card(study, trial, model),
         "val_accuracy": Objectives.of_study(study).accuracy(trial), "test_accuracy": test_accuracy,
-        **_common_card(data_config, data, meta, formats, output="logits"),
+        **common_card(data_config, data, meta, formats, output="logits"),
     }
     if "onnx" in formats:
         card["onnx_check"] = onnx_check(model, data.x_test, mean, std)
@@ -77,11 +77,11 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
             torch.save(model.state_dict(), folder / STATE_DICT_FILE)
             files["state_dict"] = STATE_DICT_FILE
         files.update(write_graphs(model, folder, formats, normalize(data.x_test[:2], mean, std), "logits"))
-        _finish_card(card, files)
-        _write_card(folder, card)
+        finish_card(card, files)
+        write_card(folder, card)
         return verify(folder, data=data, reference=model) if verify_export else None
 
-    return ExportResult(out, card, _publish(out, force, write))
+    return ExportResult(out, card, publish(out, force, write))
 
 
 def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: str | Path, formats=FORMATS,
@@ -93,12 +93,12 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
     scores. Same checks and atomicity as :func:`export_model`.
     """
     formats = parse_formats(formats)
-    _check_onnx_packages(formats, verify_export)
+    check_onnx_packages(formats, verify_export)
     out = check_out_dir(out, force)
     if len(members) < 2:
         raise ExportError(f"an ensemble needs at least 2 members, got {len(members)}")
     for t in members:
-        _require_checkpoint(t)
+        require_checkpoint(t)
     with tempfile.TemporaryDirectory(prefix="micronet-export-") as work:
         loaded = [load_trial_model(study, t, work) for t in members]
     meta = loaded[0][1]
@@ -107,7 +107,7 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
             if other[key] != meta[key]:
                 raise ExportError(f"trials {members[0].number} and {t.number} were trained on different data "
                                   f"({key} differs); ensemble members must share the dataset")
-    data_config = _data_config(meta["data"], data_path)
+    data_config = with_data_path(meta["data"], data_path)
     data = load_test_data(data_config)
     mean, std = meta["mean"], meta["std"]
     ensemble = MajorityVote([m for m, _ in loaded]).eval()
@@ -116,20 +116,20 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
     for t, (model, m_meta) in zip(members, loaded, strict=True):
         rows.append({
             "trial": t.number, "on_front": t.number in front, "candidate": m_meta["candidate"],
-            **_costs_card(study, t, model), "val_accuracy": Objectives.of_study(study).accuracy(t),
+            **costs_card(study, t, model), "val_accuracy": Objectives.of_study(study).accuracy(t),
             "test_accuracy": evaluate(model, data.x_test, data.y_test, mean, std),
         })
     card = {
         "kind": "ensemble", "study": study.study_name, "trials": [t.number for t in members],
         "num_classes": meta["num_classes"], "vote": VOTE_RULE,
         "score": sum(r["score"] for r in rows), "score_convention": SCORE_CONVENTION,
-        "measured_score": _sum_or_none(r["measured_score"] for r in rows),
-        "complexity": {k: _sum_or_none(r["complexity"][k] for r in rows) for k in rows[0]["complexity"]},
+        "measured_score": sum_or_none(r["measured_score"] for r in rows),
+        "complexity": {k: sum_or_none(r["complexity"][k] for r in rows) for k in rows[0]["complexity"]},
         "val_accuracy": evaluate(ensemble, data.x_val, data.y_val, mean, std),
         "val_accuracy_note": "the vote's accuracy on the validation split, measured at export",
         "test_accuracy": evaluate(ensemble, data.x_test, data.y_test, mean, std),
         "members": rows,
-        **_common_card(data_config, data, meta, formats, output="scores"),
+        **common_card(data_config, data, meta, formats, output="scores"),
     }
     if "onnx" in formats:
         card["onnx_check"] = onnx_check(ensemble, data.x_test, mean, std)
@@ -144,8 +144,8 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
                 row["state_dict"] = name
             files["state_dict"] = MEMBERS_DIR
         files.update(write_graphs(ensemble, folder, formats, normalize(data.x_test[:2], mean, std), "scores"))
-        _finish_card(card, files)
-        _write_card(folder, card)
+        finish_card(card, files)
+        write_card(folder, card)
         return verify(folder, data=data, reference=ensemble) if verify_export else None
 
-    return ExportResult(out, card, _publish(out, force, write))
+    return ExportResult(out, card, publish(out, force, write))

@@ -32,7 +32,8 @@ def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in names)
 
 
-def _check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
+def check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
+    """Refuse, before anything is written, an ONNX export (or its verification) without its packages."""
     needed = (["onnx"] if "onnx" in formats else []) + (["onnxruntime"] if "onnx" in formats and verify_export else [])
     for name in needed:
         try:
@@ -74,7 +75,7 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
-def _publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]) -> VerifyReport | None:
+def publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]) -> VerifyReport | None:
     """Run ``write`` on a temporary sibling folder of ``out``, then rename it to ``out``; clean up on failure."""
     created = []  # parent folders made here, removed again on failure
     parent = out.parent

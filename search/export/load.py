@@ -15,7 +15,7 @@ from search.candidate.candidate import Candidate
 from search.compress import bake_weights
 from search.config import from_mapping
 from search.export.card import CARD
-from search.export.choose import _require_checkpoint
+from search.export.choose import require_checkpoint
 from search.export.errors import ExportError
 from search.export.vote import MajorityVote
 from search.training.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
@@ -29,7 +29,7 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, workdir: str | Pat
     The checkpoint is downloaded from the study's artifact store (the ``artifact_dir`` study attribute) into
     ``workdir``.
     """
-    _require_checkpoint(trial)
+    require_checkpoint(trial)
     store_dir = study.user_attrs.get("artifact_dir")
     if not store_dir:
         raise ExportError(f"study {study.study_name!r} records no artifact_dir, so its checkpoints cannot be found; "
@@ -92,7 +92,8 @@ def load_test_data(data_config: dict) -> Splits:
     return load_data(from_mapping(DataConfig, dict(data_config), "checkpoint data"))
 
 
-def _data_config(values: dict, data_path: str | None) -> dict:
+def with_data_path(values: dict, data_path: str | None) -> dict:
+    """A copy of a checkpoint's or card's data config, its ``path`` replaced by ``data_path`` (``--data-path``)."""
     values = dict(values)
     if data_path is not None:
         values["path"] = str(data_path)

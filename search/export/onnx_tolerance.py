@@ -134,7 +134,8 @@ def onnx_predict(path: str | Path, x: torch.Tensor, mean, std, batch_size: int =
     return torch.from_numpy(np.concatenate(out)) if out else torch.zeros(0)
 
 
-def _onnx_rounding_ops(path: Path) -> dict[str, int]:
+def count_onnx_rounding_ops(path: Path) -> dict[str, int]:
+    """The rounding operations in the ONNX graph at ``path``, per kind (as :func:`onnx_check` records them)."""
     import onnx
 
     found = dict.fromkeys(_rounding_ops([]), 0)

@@ -13,8 +13,8 @@ from torch import nn
 from search.candidate.candidate import Candidate
 from search.compress import bake_weights
 from search.export.errors import VerificationError
-from search.export.load import _data_config, load_state_dict_model, load_test_data, read_card
-from search.export.onnx_tolerance import _onnx_rounding_ops, onnx_check, onnx_predict
+from search.export.load import load_state_dict_model, load_test_data, read_card, with_data_path
+from search.export.onnx_tolerance import count_onnx_rounding_ops, onnx_check, onnx_predict
 from search.export.vote import MajorityVote
 from search.training.checkpoint import rebuild
 from search.training.data import Splits
@@ -55,7 +55,7 @@ def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module 
     card = read_card(folder)
     files = card.get("files", {})
     if data is None:
-        data = load_test_data(_data_config(card["dataset"]["config"], data_path))
+        data = load_test_data(with_data_path(card["dataset"]["config"], data_path))
     x, y = data.x_test, data.y_test
     mean, std = card["preprocessing"]["mean"], card["preprocessing"]["std"]
     expected = card["test_accuracy"]
@@ -124,7 +124,7 @@ def _compare_onnx(report: VerifyReport, card: dict, check: dict, onnx_path: Path
     bound = report.onnx_tolerance if report.onnx_tolerance is not None else report.onnx_median_tolerance
     report.onnx_images_over_tolerance = int((per_image > bound).sum())
     report.onnx_top1_agreement = (onnx_out.argmax(1) == torch_out.argmax(1)).float().mean().item()
-    report.onnx_rounding_ops = _onnx_rounding_ops(onnx_path)
+    report.onnx_rounding_ops = count_onnx_rounding_ops(onnx_path)
     output, ref = card["output_name"], report.onnx_reference
     problems = []
     expected = check["rounding_ops"]

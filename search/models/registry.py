@@ -15,9 +15,12 @@ _BUILDERS: dict[str, ModelBuilder] = {}
 
 
 def register_model(builder: ModelBuilder) -> ModelBuilder:
-    """Register ``builder`` under its function name."""
+    """Register ``builder`` under its function name; a name already taken is refused (as objectives and compression
+    steps are)."""
     if builder.__name__ in _BUILDERS:
-        raise ValueError(f"model {builder.__name__!r} is registered twice")
+        existing = _BUILDERS[builder.__name__]
+        raise ValueError(f"model {builder.__name__!r} is already registered "
+                         f"(by {existing.__module__}.{existing.__qualname__})")
     _BUILDERS[builder.__name__] = builder
     return builder
 

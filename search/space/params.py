@@ -196,6 +196,15 @@ MODEL_OPTIONS = tuple(n for n, p in PARAMETERS.items() if p.place in ("candidate
                       and n not in ("arch", "compress_at"))
 
 
+def check_value(name: str, value, where: str) -> None:
+    """The one check of a value for parameter ``name``, for a space file and for a study file's ``enqueue:`` alike:
+    a value that can never build is refused with ``where`` (the file and key) and the parameter's own rule."""
+    try:
+        PARAMETERS[name].check(value)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {value!r} can never build: {e}") from None
+
+
 def candidate_from(values: dict, train, compress_at: float):
     """A full candidate from sampled ``values`` on top of the study's training config and ``compress_at``."""
     from search.candidate.candidate import Candidate

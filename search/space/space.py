@@ -24,10 +24,9 @@ from typing import Any
 
 import optuna
 
-from search.config import load_yaml
-from search.config import number as _number
+from search.config import load_yaml, number
 from search.errors import ConfigError
-from search.space.params import MODEL_OPTIONS, PARAMETERS
+from search.space.params import MODEL_OPTIONS, PARAMETERS, check_value
 
 # Every key a space may sample, and what it means: from the one table of search parameters (search.space.params).
 PARAMS = {name: p.help for name, p in PARAMETERS.items()}
@@ -98,7 +97,7 @@ def parse_space(raw: dict, source: str = "space") -> Space:
     if not isinstance(params, dict) or not params:
         raise ConfigError(f"{source}: 'params' must map parameter names to specs, e.g. arch: {{choices: [resnet20]}}")
     bound = raw.get("max_ps_plus_pu", 0.9)
-    if not _number(bound) or not 0 < bound < 1:
+    if not number(bound) or not 0 < bound < 1:
         raise ConfigError(f"{source}: max_ps_plus_pu must be in (0, 1), got {bound!r}")
     specs: list[ParamSpec] = []
     for name, spec in params.items():
@@ -123,10 +122,7 @@ def _values(spec: ParamSpec) -> list:
 
 def _check_buildable(spec: ParamSpec, specs: list[ParamSpec], where: str) -> None:
     for value in _values(spec):
-        try:
-            CHECKS[spec.name](value)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {value!r} can never build: {e}") from None
+        check_value(spec.name, value, where)
     if spec.name in MODEL_OPTIONS:
         _check_option(spec, specs, where)
 
@@ -184,7 +180,7 @@ def _parse_param(name, spec, earlier: list[str], where: str) -> ParamSpec:
     log, step, integer = bool(spec.get("log", False)), spec.get("step"), bool(spec.get("int", False))
     if log and low <= 0:
         raise ConfigError(f"{where}: a log range needs low > 0, got {low!r}")
-    if step is not None and (not _number(step) or step <= 0 or log):
+    if step is not None and (not number(step) or step <= 0 or log):
         raise ConfigError(f"{where}: step must be a number > 0 and cannot go with log, got {step!r}")
     return ParamSpec(name, low=low, high=high, log=log, step=step, integer=integer, when=conditions)
 
@@ -196,4 +192,4 @@ def _float(x) -> float | None:
             x = float(x)
         except ValueError:
             return None
-    return float(x) if _number(x) else None
+    return float(x) if number(x) else None

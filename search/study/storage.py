@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from search.errors import MicronetError
+from search.errors import ConfigError, MicronetError
 from search.study.locks import study_lock
 
 ENV_STORAGE = "MICRONET_STORAGE"
@@ -34,6 +34,28 @@ def resolve_storage(flag: str | None, from_file: str | None, study_name: str) ->
     url = flag or os.environ.get(ENV_STORAGE) or from_file or default_storage(study_name)
     check_url(url)
     return url
+
+
+def given_storage(flag: str | None) -> str:
+    """The storage of a command that reads an existing study (``front``, ``report``, ``export``, ``dashboard``):
+    ``--storage``, else MICRONET_STORAGE; there is no study file to fall back on."""
+    url = flag or os.environ.get(ENV_STORAGE)
+    if not url:
+        raise ConfigError(f"give the storage: --storage URL or {ENV_STORAGE}")
+    return url
+
+
+def load_existing_study(storage: str | None, name: str) -> optuna.Study:
+    """The stored study ``name`` (``storage``: the ``--storage`` flag, see :func:`given_storage`), never created:
+    a missing SQLite file or study name is one line saying what is there."""
+    url = given_storage(storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise StorageError(f"no SQLite database at {url[len('sqlite:///'):]}; check --storage")  # don't create one
+    store = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if name not in names:
+        raise StorageError(f"no study {name!r} in {mask(url)}; studies there: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=store)
 
 
 def check_url(url: str) -> None:

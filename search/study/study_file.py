@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, make_dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -20,15 +20,17 @@ from search.candidate.recipe import TrainConfig
 from search.candidate.score import ScoreReference
 from search.config import from_mapping, load_yaml, to_mapping
 from search.errors import ConfigError
-from search.space.params import candidate_from as _candidate_from
-from search.space.space import CHECKS, Space, load_space
+from search.space import params as space_params
+from search.space.params import check_value
+from search.space.space import Space, load_space
 from search.study.samplers import ParetoTPESampler, TrialSeededSampler
 from search.study.storage import StorageError, mask, open_storage, resolve_storage
 from search.training.data import DataConfig
 from search.training.teacher import TeacherSpec
 from search.trial.objectives import DEFAULT as DEFAULT_OBJECTIVES
 from search.trial.objectives import Objectives
-from search.trial.stopping import EarlyStopper, make_stopper
+from search.trial.stopping import EarlyStopper, make_stopper, stopper_class, study_options
+from search.trial.stopping import options as stopper_options
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
@@ -60,28 +62,32 @@ class SamplerConfig:
         return TrialSeededSampler(sampler, self.seed)
 
 
-@dataclass(frozen=True)
-class StopperConfig:
-    name: str = "pareto"           # pareto, moasha or none
-    warmup_epochs: int = 2         # pareto
-    min_trials: int = 4            # pareto: finished rivals needed; moasha: trials at a rung needed
-    percentile: float = 50.0       # pareto
-    min_epochs: int = 1            # moasha: the first rung
-    reduction_factor: float = 3.0  # moasha: rungs at min_epochs * reduction_factor^k; 1/reduction_factor go on
-    skip_dominated: bool = True    # skip, before training, a candidate a finished trial already beats
-    skip_accuracy: float = 1.0     # ... namely one with a score no worse and at least this accuracy
+class _StopperMethods:
+    """What :class:`StopperConfig` does; its fields are made below from the stoppers' own."""
 
     def build(self, accuracy_floor: float | None) -> EarlyStopper:
-        if self.name in ("none", "off"):
-            return make_stopper("none")
-        if self.name == "moasha":
-            return make_stopper("moasha", min_epochs=self.min_epochs, reduction_factor=self.reduction_factor,
-                                min_trials=self.min_trials)
-        return make_stopper(self.name, warmup_epochs=self.warmup_epochs, min_trials=self.min_trials,
-                            percentile=self.percentile, accuracy_floor=accuracy_floor)
+        """The stopper ``name`` names, with its options (the other stoppers' are not its own, and ignored) and, when
+        it takes one, the study's accuracy floor."""
+        own = stopper_options(stopper_class(self.name))
+        return make_stopper(self.name, accuracy_floor=accuracy_floor, **{k: getattr(self, k) for k in own})
 
     def __post_init__(self):
         self.build(None)  # validates
+
+
+# The study file's ``stopper:``: the stopper's ``name`` (pareto, moasha or none), every stopper's options as its
+# dataclass declares them (search.trial.stopping.study_options: warmup_epochs, min_trials, percentile, min_epochs,
+# reduction_factor), and the skip before training, which is no stopper's: skip_dominated (skip, before training, a
+# candidate a finished trial already beats) and skip_accuracy (... namely one with every cost no worse and at least this
+# accuracy).
+StopperConfig = make_dataclass(
+    "StopperConfig",
+    [("name", str, field(default="pareto")),
+     *((key, hint, field(default=default)) for key, hint, default in study_options()),
+     ("skip_dominated", bool, field(default=True)),
+     ("skip_accuracy", float, field(default=1.0))],
+    bases=(_StopperMethods,), frozen=True)
+StopperConfig.__module__ = __name__  # (make_dataclass's module= is Python 3.12's) for pickle and repr
 
 
 @dataclass(frozen=True)
@@ -215,10 +221,7 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
             if key not in space.names():
                 raise ConfigError(f"{path}: enqueue[{i}] sets {key!r}, which {config.space} does not sample; "
                                   f"its parameters: {', '.join(space.names())}")
-            try:
-                CHECKS[key](value)
-            except ConfigError as e:
-                raise ConfigError(f"{path}: enqueue[{i}].{key}: {value!r} can never build: {e}") from None
+            check_value(key, value, f"{path}: enqueue[{i}].{key}")
     return LoadedStudy(config, space, resolve_storage(storage, config.storage, config.name), str(path))
 
 
@@ -234,7 +237,7 @@ def _find(relative: str, study_file: Path) -> Path:
 def candidate_from(values: dict, config: StudyConfig) -> Candidate:
     """Turn sampled space values into a full candidate on top of the study's defaults (search.space.params says where
     each value lands)."""
-    return _candidate_from(values, config.train, config.compress_at)
+    return space_params.candidate_from(values, config.train, config.compress_at)
 
 
 def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
