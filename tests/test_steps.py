@@ -6,7 +6,7 @@ from torch import nn
 
 from search.compress import QuantConv2d, steps
 from search.compress.compression import Compression
-from search.compress.pruning import _has_masks, make_permanent, prune_structured, prune_unstructured
+from search.compress.pruning import has_masks, make_permanent, prune_structured, prune_unstructured
 from search.compress.quantize import quantize_model
 from search.models import build_model
 
@@ -27,9 +27,9 @@ def test_the_pipeline_is_structured_then_unstructured_then_quantization():
     assert {k: v.shape for k, v in piped.state_dict().items()} == {k: v.shape for k, v in by_hand.state_dict().items()}
     for (k, a), b in zip(piped.state_dict().items(), by_hand.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    assert _has_masks(piped) and any(isinstance(m, QuantConv2d) for m in piped.modules())
+    assert has_masks(piped) and any(isinstance(m, QuantConv2d) for m in piped.modules())
     steps.finish(piped, c)
-    assert not _has_masks(piped)
+    assert not has_masks(piped)
     make_permanent(by_hand)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(piped.eval()(x), by_hand.eval()(x))
@@ -40,7 +40,7 @@ def test_rebuild_replays_only_the_structural_steps_and_fits_the_trained_weights(
     trained = steps.compress(model(), c)
     steps.finish(trained, c)
     rebuilt = steps.rebuild(build_model("resnet20", width=0.25), c)
-    assert not _has_masks(rebuilt)  # unstructured pruning is not replayed: its zeros are in the weights
+    assert not has_masks(rebuilt)  # unstructured pruning is not replayed: its zeros are in the weights
     rebuilt.load_state_dict(trained.state_dict())  # same shapes, same quantized modules
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(rebuilt.eval()(x), trained.eval()(x))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search.compress.compression import Compression, is_number
+from search.compress.compression import Compression
+from search.config import number
 from search.errors import ConfigError
 
 
@@ -23,7 +24,7 @@ class ScoreReference:
     def __post_init__(self):
         for key in ("params", "macs"):
             value = getattr(self, key)
-            if not is_number(value) or value <= 0:
+            if not number(value) or value <= 0:
                 raise ConfigError(f"reference {key} must be a number > 0, got {value!r}")
 
 

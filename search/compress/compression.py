@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search.config import number as is_number  # the one number check (search.config)
+from search.config import number
 from search.errors import ConfigError
 
 WEIGHT_BITS = (1, 2, 4, 8, 16, 32)
@@ -23,7 +23,7 @@ class Compression:
     def __post_init__(self):
         for key in ("ps", "pu"):
             value = getattr(self, key)
-            if not is_number(value) or value < 0:
+            if not number(value) or value < 0:
                 raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
         if self.ps + self.pu >= 1:
             raise ConfigError(f"ps + pu must be below 1 (they are fractions of the weights), got "

@@ -61,7 +61,7 @@ def prune_structured(model: nn.Module, ps: float, example_input: torch.Tensor | 
     ps = _check_ratio("ps", ps)
     if ps == 0:
         return model
-    if _has_masks(model):
+    if has_masks(model):
         raise ConfigError("structured pruning must come before unstructured pruning (the model has pruning masks)")
     if example_input is None:
         example_input = torch.zeros(CIFAR_EXAMPLE_SHAPE, device=_device(model))
@@ -264,7 +264,7 @@ def _masked_names(module: nn.Module) -> list[str]:
             if name.endswith("_mask") and hasattr(module, f"{name[:-5]}_orig")]
 
 
-def _has_masks(model: nn.Module) -> bool:
+def has_masks(model: nn.Module) -> bool:
     return any(_masked_names(m) for m in model.modules())
 
 
