@@ -1,4 +1,5 @@
-"""The launch scripts: shellcheck-clean, manifests that parse, and launch_local.sh running real workers."""
+"""The launch scripts: shellcheck-clean, manifests that parse, launch_local.sh running real workers, and no
+benchmark among them (those are ``micronet-search bench`` subcommands)."""
 
 import contextlib
 import os
@@ -24,6 +25,15 @@ def test_shell_scripts_pass_shellcheck(script):
     r = subprocess.run(["shellcheck", "-x", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
     assert os.access(script, os.X_OK)
+
+
+def test_scripts_holds_only_launch_and_set_up_scripts():
+    """The benchmarks are ``micronet-search bench`` subcommands (search/bench/), not scripts."""
+    assert not list(ROOT.glob("scripts/**/*.py"))
+    assert not [p for p in ROOT.glob("scripts/*") if "bench_" in p.name or "profile" in p.name]
+    text = (ROOT / "scripts" / "README.md").read_text()
+    for command in ("train", "profile", "workers", "hand-workers", "stopper"):
+        assert f"micronet-search bench {command}" in text
 
 
 @pytest.mark.parametrize("manifest", sorted(ROOT.glob("scripts/k8s/*.yaml")), ids=lambda p: p.name)

@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study.threads import FairThreads, HostWorkers, available_cores
+from search.machine import available_cores
+from search.study.threads import FairThreads, HostWorkers
 
 HOLD = """
 import sys, time

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from search.machine import available_cores
+
 ROOT_ENV = {"PYTHONUNBUFFERED": "1"}
 
 
@@ -71,7 +73,7 @@ def child(arch: str, batch_size: int, seconds: float, device: str, images: int, 
 def aggregate_images_per_s(m: int, arch: str = "resnet20", batch_size: int = 128, seconds: float = 10.0,
                            device: str = "cpu", images: int = 2048, options: dict | None = None) -> float:
     """Sum of the images/s of ``m`` concurrent training processes on ``device``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     env = {**os.environ, **ROOT_ENV, "MICRONET_THREADS": str(max(1, cores // m)),
            "OMP_NUM_THREADS": str(max(1, cores // m))}
     args = [sys.executable, "-m", "search.bench.concurrency", "--child", "--arch", arch, "--batch-size",

@@ -7,13 +7,12 @@ worker did before (torch's default is one thread per core). Each configuration r
 workers are then killed and the trials that finished within it are counted. Both arms and all N run in one
 invocation, so compare the ratios.
 
-    python scripts/bench_hand_workers.py                      # 1, 2, 4 workers, 120 s each; appends BENCHMARKS.md
-    python scripts/bench_hand_workers.py --workers 1 2 --seconds 60 --out /dev/null
+    micronet-search bench hand-workers                      # 1, 2, 4 workers, 120 s each; appends BENCHMARKS.md
+    micronet-search bench hand-workers --workers 1 2 --seconds 60 --no-write
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import signal
@@ -21,26 +20,30 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from rich.console import Console
-from rich.table import Table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from search.machine import available_cores, cpu_flags, cpu_model
 
-from search.study.threads import available_cores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = ROOT / "studies" / "quickstart.yaml"
+WORKERS = (1, 2, 4)
+COLUMNS = ("workers", "threads", "threads seen in trials", "trials finished", "epochs run", "trials/min",
+           "epochs/min", "vs 1 worker")
 
 
-def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache: Path) -> dict:
+def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache: Path, study: Path = STUDY,
+            study_name: str = "quickstart") -> dict:
+    """``workers`` workers on ``study`` in a fresh SQLite file for ``seconds``, then killed: what finished."""
     storage = f"sqlite:///{tmp / 'study.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("MICRONET_THREADS", "OMP_NUM_THREADS")}
     env.update(MICRONET_STORAGE=storage, MICRONET_WORKER_DIR=str(tmp / "registry"), MICRONET_CACHE=str(cache))
     extra = [] if threads is None else ["--threads", str(threads)]
     # a budget no arm reaches in the time given: the count is what finished in ``seconds``
-    cmd = [sys.executable, "-m", "search", "worker", str(ROOT / "studies" / "quickstart.yaml"), "--n-trials", "500",
+    cmd = [sys.executable, "-m", "search", "worker", str(study), "--n-trials", "500",
            "--artifacts", str(tmp / "artifacts"), *extra]
     # the first worker creates the study (and its tables); the others join a moment later, as by hand
     procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -53,10 +56,10 @@ def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache:
     for p in procs:
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-    study = optuna.load_study(study_name="quickstart", storage=storage)
-    first = min((t.datetime_start for t in study.trials if t.datetime_start), default=None)
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    epochs = sum(len(t.intermediate_values) for t in study.trials)
+    study_ = optuna.load_study(study_name=study_name, storage=storage)
+    first = min((t.datetime_start for t in study_.trials if t.datetime_start), default=None)
+    finished = [t for t in study_.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    epochs = sum(len(t.intermediate_values) for t in study_.trials)
     used = sorted({t.user_attrs.get("threads") for t in finished if "threads" in t.user_attrs})
     return {"workers": workers, "arm": "fair share" if threads is None else f"torch default ({threads} each)",
             "finished": len(finished), "epochs": epochs, "seconds": seconds,
@@ -64,66 +67,63 @@ def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache:
             "threads": ", ".join(map(str, used)) or "-", "first": first, "wall": time.monotonic() - start}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--seconds", type=float, default=120.0)
-    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    args = p.parse_args()
+def run(workers: tuple[int, ...] = WORKERS, seconds: float = 120.0, say: Callable[[str], None] = print) -> list[dict]:
+    """Both arms for each worker count (one arm for a single worker: its fair share is all cores, the same as
+    torch's default), after the quickstart's distillation teacher is trained once into a cache every arm reads."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cores = available_cores()
     rows = []
     cache = Path(tempfile.mkdtemp())
     # the distillation teacher of the quickstart, trained once into a cache every arm reads: no arm pays for it
-    subprocess.run([sys.executable, "-m", "search", "worker", str(ROOT / "studies" / "quickstart.yaml"),
+    subprocess.run([sys.executable, "-m", "search", "worker", str(STUDY),
                     "--n-trials", "1", "--artifacts", str(cache / "artifacts")], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "MICRONET_STORAGE": f"sqlite:///{cache / 'warm.db'}",
                         "MICRONET_CACHE": str(cache)})
-    for n in args.workers:
+    for n in workers:
         for threads in (None, cores):
             if n == 1 and threads is not None:
                 continue  # one worker: the fair share is all cores, the same as torch's default
             with tempfile.TemporaryDirectory() as tmp:
-                r = run_arm(n, threads, args.seconds, Path(tmp), cache)
+                r = run_arm(n, threads, seconds, Path(tmp), cache)
             rows.append(r)
-            print(f"{n} workers, {r['arm']}: {r['finished']} trials, {r['epochs']} epochs in {args.seconds:.0f} s",
-                  file=sys.stderr, flush=True)
+            say(f"{n} workers, {r['arm']}: {r['finished']} trials, {r['epochs']} epochs in {seconds:.0f} s")
+    return rows
 
-    base = next(r["trials_per_min"] for r in rows if r["workers"] == min(args.workers) and r["arm"] == "fair share")
-    cols = ("workers", "threads", "threads seen in trials", "trials finished", "epochs run", "trials/min",
-            "epochs/min", "vs 1 worker")
-    table = Table(title=f"hand-started workers on {cores} cores, {args.seconds:.0f} s each")
-    for c in cols:
+
+def cells(rows: list[dict]) -> list[tuple[str, ...]]:
+    """The table's cells, row by row; 'vs 1 worker' is to the fair share of the fewest workers."""
+    fewest = min(r["workers"] for r in rows)
+    base = next(r["trials_per_min"] for r in rows if r["workers"] == fewest and r["arm"] == "fair share")
+    return [(str(r["workers"]), r["arm"], r["threads"], str(r["finished"]), str(r["epochs"]),
+             f"{r['trials_per_min']:.1f}", f"{r['epochs_per_min']:.1f}",
+             f"{r['trials_per_min'] / base:.2f}x" if base else "-") for r in rows]
+
+
+def print_table(rows: list[dict], seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hand-started workers on {available_cores()} cores, {seconds:.0f} s each")
+    for c in COLUMNS:
         table.add_column(c, justify="right" if c not in ("threads",) else "left")
-    lines = []
-    for r in rows:
-        cells = (str(r["workers"]), r["arm"], r["threads"], str(r["finished"]), str(r["epochs"]),
-                 f"{r['trials_per_min']:.1f}", f"{r['epochs_per_min']:.1f}",
-                 f"{r['trials_per_min'] / base:.2f}x" if base else "-")
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+    for row in cells(rows):
+        table.add_row(*row)
     Console().print(table)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "cpu")
-    bf16 = "with" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "without"
-    command = ("python scripts/bench_hand_workers.py " + " ".join(sys.argv[1:])).strip()
+
+def markdown(rows: list[dict], seconds: float, command: str) -> str:
+    cores = available_cores()
+    bf16 = "with" if "avx512_bf16" in cpu_flags() else "without"
     text = [
         f"\n## Hand-started workers: study throughput ({datetime.date.today().isoformat()})\n",
-        f"Machine: {cpu} ({bf16} AVX512-BF16), {cores} cores. Command: `{command}`. N `micronet-search worker "
+        f"Machine: {cpu_model()} ({bf16} AVX512-BF16), {cores} cores. Command: `{command}`. N `micronet-search worker "
         f"studies/quickstart.yaml` processes started by hand on one SQLite study, each configuration for "
-        f"{args.seconds:.0f} s, then killed; trials finished (complete or stopped early) within that time. "
+        f"{seconds:.0f} s, then killed; trials finished (complete or stopped early) within that time. "
         f"'fair share' is the default (cores // live workers on the host); 'torch default' passes --threads "
         f"{cores} to every worker, which is what a hand-started worker did before.\n",
-        "| " + " | ".join(cols) + " |",
-        "|---:|---|" + "---:|" * (len(cols) - 2),
-        *lines,
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---:|---|" + "---:|" * (len(COLUMNS) - 2),
+        *("| " + " | ".join(row) + " |" for row in cells(rows)),
     ]
-    with Path(args.out).open("a") as f:
-        f.write("\n".join(text) + "\n")
-    print(f"appended to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    return "\n".join(text) + "\n"

@@ -1,42 +1,56 @@
 """Where the time of one CPU training step goes: torch.profiler over the project's trainer (resnet20, batch 128).
 
-    python scripts/profile_step.py [--arch resnet20] [--steps 20] [--precision fp32] [--compressed]
+    micronet-search bench profile [--arch resnet20] [--steps 20] [--precision fp32] [--compressed]
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from search.bench.suite import COMPRESSED
 from search.candidate.candidate import compress
-from search.candidate.recipe import PRECISIONS
 from search.models import build_model
 from search.training.data import Augmentation, DataConfig, load_data, normalize, train_batches
 from search.training.trainer import device_setup
 
+STEPS = 20  # profiled training steps
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet20")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="as the trainer's (default auto)")
-    p.add_argument("--compressed", action="store_true", help="profile the model at ps 0.5, qw 8, qa 8 (fake "
-                                                             "quantization live), as the benchmark's compressed rows")
-    args = p.parse_args()
-    autocast_dtype, channels_last = device_setup(torch.device("cpu"), args.precision)
-    data = load_data(DataConfig(name="synthetic", synthetic_size=args.batch_size * (args.steps + 4)))
-    model = build_model(args.arch, num_classes=data.num_classes)
-    if args.compressed:
+
+@dataclass(frozen=True)
+class StepProfile:
+    name: str                  # the architecture, and the compression when profiled compressed
+    batch_size: int
+    steps: int
+    threads: int
+    precision: str             # "bf16 autocast" or "fp32", and "+ channels_last"
+    events: dict[str, float]   # the step's phases (data, forward + loss, backward, optimizer) -> CPU µs, all steps
+    table: str                 # torch.profiler's table of the top operators
+
+    def render(self) -> str:
+        total = sum(self.events.values())
+        lines = [f"{self.name}, batch {self.batch_size}, {self.steps} steps, {self.threads} threads, {self.precision}"]
+        for key, us in sorted(self.events.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {key:28s} {us / 1e3 / self.steps:8.1f} ms/step  {us / total:6.1%}")
+        return "\n".join(lines) + "\n" + self.table
+
+
+def profile_step(arch: str = "resnet20", steps: int = STEPS, batch_size: int = 128, precision: str = "auto",
+                 compressed: bool = False) -> StepProfile:
+    """Profile ``steps`` training steps (after 3 warm-up steps) on synthetic CIFAR-shaped data; ``compressed``: the
+    model at ps 0.5, qw 8, qa 8 (fake quantization live), as the benchmark's compressed rows."""
+    autocast_dtype, channels_last = device_setup(torch.device("cpu"), precision)
+    data = load_data(DataConfig(name="synthetic", synthetic_size=batch_size * (steps + 4)))
+    model = build_model(arch, num_classes=data.num_classes)
+    if compressed:
         model = compress(model, COMPRESSED)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
-    batches = list(train_batches(data.x_train, data.y_train, args.batch_size, gen, None))
+    batches = list(train_batches(data.x_train, data.y_train, batch_size, gen, None))
     augment = Augmentation()
 
     def step(xb, yb):
@@ -54,17 +68,11 @@ def main() -> None:
     for xb, yb in batches[:3]:
         step(xb, yb)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for xb, yb in batches[3:3 + args.steps]:
+        for xb, yb in batches[3:3 + steps]:
             step(xb, yb)
     events = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith(("data:", "model:", "opt"))}
-    total = sum(events.values())
-    name = args.arch + (" ps 0.5 qw 8 qa 8" if args.compressed else "")
-    print(f"{name}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} threads, "
-          f"{'bf16 autocast' if autocast_dtype else 'fp32'}{' + channels_last' if channels_last else ''}")
-    for key, us in sorted(events.items(), key=lambda kv: -kv[1]):
-        print(f"  {key:28s} {us / 1e3 / args.steps:8.1f} ms/step  {us / total:6.1%}")
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
-
-
-if __name__ == "__main__":
-    main()
+    return StepProfile(
+        name=arch + (" ps 0.5 qw 8 qa 8" if compressed else ""), batch_size=batch_size, steps=steps,
+        threads=torch.get_num_threads(),
+        precision=("bf16 autocast" if autocast_dtype else "fp32") + (" + channels_last" if channels_last else ""),
+        events=events, table=prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))

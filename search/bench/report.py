@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from search.machine import cpu_model, native_bf16
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,8 @@ def machine(device: torch.device | None = None) -> str:
     flag is named because the model name does not tell it (two AMD EPYCs here differed by 2.2x in trial time)."""
     if device is not None and device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from search.machine import native_bf16
-
     bf16 = "native bf16 (bf16 training path)" if native_bf16("cpu") else "no native bf16 (float32 training path)"
-    return f"{cpu}, {bf16}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_model()}, {bf16}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def print_table(title: str, rows: list[Row]) -> None:

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import yaml
 
-from search.results.front import dominates, hypervolume
+from search.pareto import dominates
+from search.results.front import hypervolume
+from search.trial.objectives import DEFAULT, Objectives
 
 FRACTIONS = (0.25, 0.5, 1.0)
 REFERENCE = (0.10, 0.05)  # (accuracy, score): chance accuracy on 10 classes; a score above every member of the space
@@ -305,7 +307,8 @@ def audit(record: dict, work: Path, data_path: str | None, audit_max: int, say, 
     loaded = load_study_file(work / "studies" / f"{record['arm']}-s{record['seed']}.yaml", data_path=data_path)
     data = load_data(loaded.config.data)
     torch.set_num_threads(threads)
-    front = [tuple(t["values"]) for t in record["trials"] if t["values"]]
+    objectives = Objectives.parse(DEFAULT)  # (accuracy, score), as losses for search.pareto
+    front = [objectives.loss(t["values"]) for t in record["trials"] if t["values"]]
     stopped = [t for t in record["trials"] if t["state"] == "PRUNED" and t["candidate"]
                and (t["pruned_reason"] or "").startswith(STOPPED_BY_STOPPER)]
     stopped = sorted(stopped, key=lambda t: t.get("macs") or 0)[:audit_max]
@@ -315,7 +318,7 @@ def audit(record: dict, work: Path, data_path: str | None, audit_max: int, say, 
         if candidate.distillation is not None:
             continue  # the audit has no teacher; the benchmark space samples no distillation
         result = run_candidate(candidate, data)
-        point = (result.val_accuracy, t["score"])
+        point = objectives.loss((result.val_accuracy, t["score"]))
         enters = not any(dominates(p, point) for p in front)
         rows.append({"number": t["number"], "stopped_at": t["epochs_run"], "reason": t["pruned_reason"],
                      "final_accuracy": result.val_accuracy,

@@ -5,15 +5,16 @@ orchestration is everything a worker does that is not training the candidate (``
 trial under the study lock, re-queueing stale trials, sampling, measuring the score, storage writes, the
 checkpoint upload. Per worker: (time from its first trial's start to its last trial's end - time in
 run_candidate) / its trials. The candidate is trivial (a tiny model, one epoch on 64 images), so the numbers are
-the overhead itself; as a fraction of a real trial (minutes) it is far smaller.
+the overhead itself; as a fraction of a real trial (minutes) it is far smaller. ``micronet-search bench`` measures
+the overhead of one worker on a real candidate (:mod:`search.bench.orchestration`); this measures how it grows
+with the workers and the storage.
 
-    python scripts/bench_workers.py                       # PostgreSQL at 127.0.0.1 and SQLite; appends BENCHMARKS.md
-    python scripts/bench_workers.py --workers 1 4 --storages sqlite
+    micronet-search bench workers                       # PostgreSQL at 127.0.0.1 and SQLite; appends BENCHMARKS.md
+    micronet-search bench workers --workers 1 4 --storages sqlite
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import statistics
@@ -22,16 +23,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from rich.console import Console
-from rich.table import Table
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-ROOT = Path(__file__).resolve().parent.parent
+from search.errors import MicronetError
+from search.machine import available_cores, cpu_model
+
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+WORKERS = (1, 4, 8)
+STORAGES = ("postgresql", "sqlite")
+COLUMNS = ("storage", "workers", "threads each", "trials", "orchestration ms/trial", "training ms/trial",
+           "ratio to 1 worker", "trials/s", "wall s")
 
 SPACE = """\
 params:
@@ -60,7 +66,7 @@ n_trials: {n_trials}
     return path
 
 
-def fresh_postgres() -> tuple[str, callable]:
+def fresh_postgres() -> tuple[str, Callable[[], None]]:
     name = f"micronet_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(f"{PG_SERVER}/postgres", poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -75,7 +81,7 @@ def fresh_postgres() -> tuple[str, callable]:
 
 def run_arm(storage: str, workers: int, n_trials: int, sampler: str, tmp: Path) -> dict:
     path = study_file(tmp, n_trials, sampler)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, available_cores() // workers)
     env = {**os.environ, "MICRONET_STORAGE": storage, "MICRONET_THREADS": str(threads),
            "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
@@ -84,7 +90,7 @@ def run_arm(storage: str, workers: int, n_trials: int, sampler: str, tmp: Path) 
     errors = [p.communicate()[1] for p in procs]
     wall = time.perf_counter() - start
     if any(p.returncode for p in procs):
-        raise SystemExit("a worker failed:\n" + "\n".join(e for e in errors if e.strip()))
+        raise MicronetError("a worker failed:\n" + "\n".join(e for e in errors if e.strip()))
     trials = optuna.load_study(study_name="bench", storage=storage).get_trials()
     finished = [t for t in trials if t.state.is_finished() and t.datetime_complete]
     by_worker: dict[str, list] = {}
@@ -102,19 +108,14 @@ def run_arm(storage: str, workers: int, n_trials: int, sampler: str, tmp: Path) 
             "trials_per_s": len(finished) / wall, "used": len(by_worker)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
-    p.add_argument("--trials-per-worker", type=int, default=4)
-    p.add_argument("--storages", nargs="+", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"])
-    p.add_argument("--sampler", default="tpe")
-    p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    args = p.parse_args()
-
+def run(workers: tuple[int, ...] = WORKERS, trials_per_worker: int = 4, storages: tuple[str, ...] = STORAGES,
+        sampler: str = "tpe", say: Callable[[str], None] = print) -> list[dict]:
+    """One arm per storage and worker count, each on a fresh database (a new PostgreSQL database at
+    ``PG_SERVER``, a new SQLite file): max(8, workers * trials_per_worker) trials."""
     rows = []
-    for kind in args.storages:
-        for k in args.workers:
-            n = max(8, k * args.trials_per_worker)
+    for kind in storages:
+        for k in workers:
+            n = max(8, k * trials_per_worker)
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 if kind == "postgresql":
@@ -122,49 +123,48 @@ def main() -> None:
                 else:
                     url, drop = f"sqlite:///{tmp / 'bench.db'}", (lambda: None)
                 try:
-                    r = run_arm(url, k, n, args.sampler, tmp)
+                    r = run_arm(url, k, n, sampler, tmp)
                 finally:
                     drop()
             r["storage"] = kind
             rows.append(r)
-            print(f"{kind} {k} workers: {r['trials']} trials, {r['overhead_s'] * 1000:.0f} ms orchestration per "
-                  f"trial", file=sys.stderr)
+            say(f"{kind} {k} workers: {r['trials']} trials, {r['overhead_s'] * 1000:.0f} ms orchestration per trial")
+    return rows
+
+
+def cells(rows: list[dict]) -> list[tuple[str, ...]]:
+    """The table's cells, row by row; the ratio is to the fewest workers of the same storage."""
+    fewest = min(r["workers"] for r in rows)
+    base = {r["storage"]: r["overhead_s"] for r in rows if r["workers"] == fewest}
+    return [(r["storage"], str(r["workers"]), str(r["threads"]), str(r["trials"]), f"{r['overhead_s'] * 1000:.0f}",
+             f"{r['train_s'] * 1000:.0f}", f"{r['overhead_s'] / base[r['storage']]:.2f}x", f"{r['trials_per_s']:.2f}",
+             f"{r['wall_s']:.0f}") for r in rows]
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
     table = Table(title="orchestration time per trial (trivial candidate)")
-    cols = ("storage", "workers", "threads each", "trials", "orchestration ms/trial", "training ms/trial",
-            "ratio to 1 worker", "trials/s", "wall s")
-    for c in cols:
+    for c in COLUMNS:
         table.add_column(c, justify="left" if c == "storage" else "right")
-    base = {r["storage"]: r["overhead_s"] for r in rows if r["workers"] == min(args.workers)}
-    lines = []
-    for r in rows:
-        cells = (r["storage"], str(r["workers"]), str(r["threads"]), str(r["trials"]), f"{r['overhead_s'] * 1000:.0f}",
-                 f"{r['train_s'] * 1000:.0f}", f"{r['overhead_s'] / base[r['storage']]:.2f}x",
-                 f"{r['trials_per_s']:.2f}", f"{r['wall_s']:.0f}")
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+    for row in cells(rows):
+        table.add_row(*row)
     Console().print(table)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "cpu")
-    command = ("python scripts/bench_workers.py " + " ".join(sys.argv[1:])).strip()
+
+def markdown(rows: list[dict], sampler: str, command: str) -> str:
     text_ = [
         f"\n## Workers: orchestration time per trial ({datetime.date.today().isoformat()})\n",
-        f"Machine: {cpu}, {os.cpu_count()} cores, optuna {optuna.__version__}. Command: `{command}`. Real "
-        f"`micronet-search worker` processes on one study in a fresh database; sampler {args.sampler}; a trivial "
+        f"Machine: {cpu_model()}, {available_cores()} cores, optuna {optuna.__version__}. Command: `{command}`. Real "
+        f"`micronet-search worker` processes on one study in a fresh database; sampler {sampler}; a trivial "
         f"candidate (resnet20 width 0.25, 1 epoch, 64 synthetic images). Orchestration = a worker's time from "
         f"its first trial's start to its last trial's end minus the time in run_candidate, per trial: the claim "
         f"under the study lock, stale-trial checks, sampling, the score measurement, storage writes and the "
         f"checkpoint upload. With more workers than cores the processes share the CPU, so every step, "
         f"orchestration included, takes longer.\n",
-        "| " + " | ".join(cols) + " |",
-        "|---|" + "---:|" * (len(cols) - 1),
-        *lines,
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---|" + "---:|" * (len(COLUMNS) - 1),
+        *("| " + " | ".join(row) + " |" for row in cells(rows)),
     ]
-    with Path(args.out).open("a") as f:
-        f.write("\n".join(text_) + "\n")
-    print(f"appended to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    return "\n".join(text_) + "\n"

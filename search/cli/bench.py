@@ -1,19 +1,33 @@
 """``micronet-search bench``: the trial-throughput benchmarks (training images/s per architecture against the
 classic loop, epoch time, concurrent trials per device, orchestration overhead, peak memory). Prints the table and
-appends it to BENCHMARKS.md. Under 10 minutes on a 2-core CPU; ``--quick`` is a smoke run of a minute."""
+appends it to BENCHMARKS.md. Under 10 minutes on a 2-core CPU; ``--quick`` is a smoke run of a minute.
+
+The other benchmarks are named: ``bench search``, ``bench recipe``, ``bench train`` (one architecture's throughput),
+``bench profile`` (where a training step's time goes), ``bench workers`` (orchestration time per trial with more
+workers), ``bench hand-workers`` (study throughput of hand-started workers) and ``bench stopper`` (Pareto-aware
+early stopping against none)."""
 
 from __future__ import annotations
 
 import sys
 
+from search.errors import ConfigError
+
 
 def add_parser(commands) -> None:
+    from search.candidate.recipe import PRECISIONS
+
     p = commands.add_parser("bench", help="measure trial throughput; append the table to BENCHMARKS.md",
                             description=__doc__)
-    p.add_argument("what", nargs="?", choices=("throughput", "search", "recipe"), default="throughput",
+    p.add_argument("what", nargs="?", choices=tuple(COMMANDS), default="throughput",
                    help="throughput (default): trial throughput; search: hypervolume per budget of the search "
                         "strategies on real images (about 120 min on 2 cores; resumable); recipe: validation "
-                        "accuracy of each training option on real images (about 100 min on 2 cores; resumable)")
+                        "accuracy of each training option on real images (about 100 min on 2 cores; resumable); "
+                        "train: one architecture's training images/s against the classic loop (CPU); profile: "
+                        "where the time of one CPU training step goes (prints only); workers: orchestration time "
+                        "per trial with 1, 4 and 8 workers on PostgreSQL and SQLite; hand-workers: study throughput "
+                        "of 1, 2 and 4 hand-started workers, fair thread share against torch's default (120 s "
+                        "each); stopper: epochs and hypervolume of a study with and without the Pareto stopper")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that every benchmark runs")
     p.add_argument("--seeds", type=int, help="search, recipe: seeds per arm or recipe (default 3)")
     p.add_argument("--budget", type=float, help="search: seconds per run (default 1380)")
@@ -21,22 +35,57 @@ def add_parser(commands) -> None:
     p.add_argument("--arms", help="search: comma-separated arms to run, the baseline first (default: random,tpe-pareto,"
                                   "new-default; also random-moasha, nsga2-moasha, gp-moasha)")
     p.add_argument("--study", help="search: the study whose arms run; recipe: whose data and train config are used "
-                                   "(default studies/cifar10-dev.yaml)")
+                                   "(default studies/cifar10-dev.yaml); stopper: the study both arms run (default "
+                                   "studies/quickstart.yaml)")
     p.add_argument("--data-path", help="search, recipe: the .npz file (default: the study file's)")
     p.add_argument("--work", help="search, recipe: folder for the runs' records (default studies/bench-search"
                                   "[-quick] or studies/bench-recipe[-quick]); runs recorded there are not run again")
     p.add_argument("--no-audit", action="store_true", help="search: skip training the stopped trials to the end")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="throughput, search, recipe: cpu or cuda (default: cuda when available)")
+    p.add_argument("--arch", default="resnet20", help="train, profile: the architecture (default resnet20)")
+    p.add_argument("--steps", type=int, help="train, profile: timed training steps (default 12; profile 20)")
+    p.add_argument("--batch-size", type=int, default=128, help="train, profile: batch size (default 128)")
+    p.add_argument("--loader-workers", type=int, default=2,
+                   help="train: DataLoader workers of the classic loop (default 2)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="train: both loops; profile: as the trainer's (default auto: bf16 autocast + channels_last "
+                        "where native)")
+    p.add_argument("--compressed", action="store_true", help="profile: the model at ps 0.5, qw 8, qa 8 (fake "
+                                                             "quantization live), as the benchmark's compressed rows")
+    p.add_argument("--workers", type=int, nargs="+",
+                   help="workers: worker counts (default 1 4 8); hand-workers: worker counts (default 1 2 4)")
+    p.add_argument("--trials-per-worker", type=int, default=4,
+                   help="workers: trials per worker, at least 8 in all (default 4)")
+    p.add_argument("--storages", nargs="+", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"],
+                   help="workers: PostgreSQL at 127.0.0.1:5432 (a fresh database each) and/or SQLite (default both)")
+    p.add_argument("--sampler", default="tpe", help="workers: the study's sampler (default tpe)")
+    p.add_argument("--seconds", type=float, default=120.0, help="hand-workers: wall time per configuration "
+                                                                "(default 120)")
+    p.add_argument("--n-trials", type=int, default=24, help="stopper: trials per arm (default 24)")
+    p.add_argument("--seed", type=int, default=1, help="stopper: the random sampler's seed in both arms (default 1)")
     p.add_argument("--out", default="BENCHMARKS.md", help="file to append the table to (default BENCHMARKS.md)")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    if args.what == "search":
-        return run_search(args)
-    if args.what == "recipe":
-        return run_recipe(args)
+    return COMMANDS[args.what](args)
+
+
+def command_line() -> str:
+    """The command as BENCHMARKS.md records it."""
+    return "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
+
+
+def at_least(args, name: str, low: int = 1) -> None:
+    value = getattr(args, name.lstrip("-").replace("-", "_"))
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if v is not None and v < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {v}")
+
+
+def run_throughput(args) -> int:
     import time
 
     import torch
@@ -98,7 +147,7 @@ def run_search(args) -> int:
         arms = tuple(next(a for a in bench.ALL_ARMS if a.name == n) for n in dict.fromkeys(names))
     load_study_file(plan.study, data_path=args.data_path)  # a bad study file: one line, before any run
     if plan.quick_data is None:
-        from search.cli.run import check_data
+        from search.study.session import check_data
 
         check_data(load_study_file(plan.study, data_path=args.data_path))  # the npz must be there
     work = Path(args.work or ("studies/bench-search-quick" if args.quick else "studies/bench-search")).resolve()
@@ -149,7 +198,7 @@ def run_recipe(args) -> int:
     plan = dataclasses.replace(plan, **changes)
     loaded = load_study_file(plan.study, data_path=args.data_path)  # a bad study file: one line, before any run
     if plan.quick_data is None:
-        from search.cli.run import check_data
+        from search.study.session import check_data
 
         check_data(loaded)  # the npz must be there
     work = Path(args.work or ("studies/bench-recipe-quick" if args.quick else "studies/bench-recipe")).resolve()
@@ -165,3 +214,84 @@ def run_recipe(args) -> int:
             f.write("\n" + text)
         say(f"appended to {args.out}")
     return 0
+
+
+def say_as(name: str):
+    def say(text: str) -> None:
+        print(f"bench {name}: {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def run_train(args) -> int:
+    for name in ("--steps", "--batch-size"):
+        at_least(args, name)
+    at_least(args, "--loader-workers", 0)
+    from search.bench.report import append, machine, markdown, print_table
+    from search.bench.train import STEPS, train_rows
+
+    rows = train_rows(args.arch, args.steps or STEPS, args.batch_size, args.loader_workers, args.precision)
+    print_table(f"{args.arch} training throughput", rows)
+    if not args.no_write:
+        append(args.out, markdown(f"Training throughput: {args.arch}", rows, machine(), command_line()))
+        print(f"appended to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_profile(args) -> int:
+    for name in ("--steps", "--batch-size"):
+        at_least(args, name)
+    from search.bench.profile import STEPS, profile_step
+
+    print(profile_step(args.arch, args.steps or STEPS, args.batch_size, args.precision, args.compressed).render())
+    return 0
+
+
+def run_workers(args) -> int:
+    for name in ("--workers", "--trials-per-worker"):
+        at_least(args, name)
+    from search.bench import workers as bench
+
+    rows = bench.run(tuple(args.workers or bench.WORKERS), args.trials_per_worker, tuple(args.storages), args.sampler,
+                     say_as("workers"))
+    bench.print_table(rows)
+    if not args.no_write:
+        with open(args.out, "a") as f:
+            f.write(bench.markdown(rows, args.sampler, command_line()))
+        print(f"appended to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_hand_workers(args) -> int:
+    at_least(args, "--workers")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds must be a number of seconds > 0, got {args.seconds}")
+    from search.bench import hand_workers as bench
+
+    rows = bench.run(tuple(args.workers or bench.WORKERS), args.seconds, say_as("hand-workers"))
+    bench.print_table(rows, args.seconds)
+    if not args.no_write:
+        with open(args.out, "a") as f:
+            f.write(bench.markdown(rows, args.seconds, command_line()))
+        print(f"appended to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_stopper(args) -> int:
+    at_least(args, "--n-trials")
+    from search.bench import stopper as bench
+    from search.study.study_file import load_study_file
+
+    study = args.study or bench.STUDY
+    load_study_file(study)  # a bad study file: one line, before any run
+    result = bench.compare(study, args.n_trials, args.seed)
+    bench.print_table(result)
+    if not args.no_write:
+        with open(args.out, "a") as f:
+            f.write(bench.markdown(result, command_line()))
+        print(f"appended to {args.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"throughput": run_throughput, "search": run_search, "recipe": run_recipe, "train": run_train,
+            "profile": run_profile, "workers": run_workers, "hand-workers": run_hand_workers, "stopper": run_stopper}

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.machine import available_cores
 from search.study.storage import ENV_STORAGE
 from search.study.threads import ENV_THREADS
 
@@ -49,8 +50,7 @@ def visible_gpus() -> list[str]:
 
 
 def cpu_count() -> int:
-    from search.study.threads import available_cores
-
+    """The cores the workers share (:func:`search.machine.available_cores`)."""
     return available_cores()
 
 

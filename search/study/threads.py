@@ -19,25 +19,11 @@ from pathlib import Path
 
 import filelock
 
+from search.machine import available_cores
+
 ENV_THREADS = "MICRONET_THREADS"
 ENV_REGISTRY = "MICRONET_WORKER_DIR"  # where workers register (default: a folder in the temp dir, per user)
 RECHECK_S = 5.0  # how often a running worker looks again: a directory listing and a few lock attempts
-
-
-def available_cores() -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (containers, Kubernetes
-    limits), which ``os.cpu_count`` and the affinity mask do not show."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
 
 
 def fixed_threads() -> int | None:
