@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from search.bench import throughput
-from search.bench.report import Row, markdown
 from search.bench.suite import COMPRESSED
+from search.bench.table import Row, markdown
 from search.bench.throughput import bench_candidate, cifar_shaped, trainer_images_per_s
 from search.candidate.candidate import costs
 from search.candidate.complexity import count_params

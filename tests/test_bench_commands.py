@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from search.bench import hand_workers, workers
-from search.bench.report import machine
+from search.bench.table import machine
 from search.cli import main
 from search.machine import available_cores, cpu_model
 

@@ -12,7 +12,7 @@ from tiny import write_tiny_study
 
 from search import optuna_compat as compat
 from search.study.study_file import StopperConfig, load_study_file
-from search.training.trainer import EpochReport
+from search.training.trainer import EpochResult
 from search.trial.context import TrialContext
 from search.trial.decisions import dominated_before_training, predicted_too_long, projected_too_long, twin_of
 from search.trial.epochs import EpochWatch
@@ -167,7 +167,7 @@ def test_the_prediction_at_the_cap():
 
 
 def report(epoch, epochs=4, images_per_s=100.0, accuracy=0.5):
-    return EpochReport(epoch=epoch, epochs=epochs, train_loss=1.0, val_accuracy=accuracy, lr=0.1,
+    return EpochResult(epoch=epoch, epochs=epochs, train_loss=1.0, val_accuracy=accuracy, lr=0.1,
                        images_per_s=images_per_s)
 
 

@@ -133,7 +133,7 @@ def run_one(spec: dict) -> dict:
                      train=from_mapping(TrainConfig, spec["train"], "train"))
     t0 = time.perf_counter()
     result = run_candidate(cand, data)
-    from search.bench.report import machine
+    from search.bench.table import machine
 
     return {**{k: spec[k] for k in ("recipe", "config", "seed")}, "val_accuracy": result.val_accuracy,
             "curve": [r.val_accuracy for r in result.history], "images_per_s": result.train_images_per_s,
@@ -155,7 +155,7 @@ def run_speed(spec: dict) -> dict:
     over today's (median of the interleaved epochs)."""
     import torch
 
-    from search.bench.report import machine
+    from search.bench.table import machine
     from search.candidate.candidate import Candidate, compress
     from search.candidate.recipe import TrainConfig
     from search.compress.compression import Compression

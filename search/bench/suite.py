@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from search.bench.report import Row
+from search.bench.table import Row
 from search.compress.compression import Compression
 from search.training.trainer import device_setup
 

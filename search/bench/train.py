@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from search.bench.report import Row
+from search.bench.table import Row
 from search.bench.throughput import bench_candidate, cifar_shaped, classic_images_per_s, trainer_images_per_s
 from search.training.trainer import device_setup
 

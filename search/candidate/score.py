@@ -47,7 +47,7 @@ def compute_score(params: int, macs: int, compression: Compression = Compression
 
 
 @dataclass(frozen=True)
-class ScoreReport:
+class ScoredModel:
     """Counts of one model and its score under a compression setting."""
 
     params: int
@@ -66,10 +66,10 @@ class ScoreReport:
 
 
 def score_model(model, compression: Compression = Compression(), reference: ScoreReference = ScoreReference(),
-                input_size: tuple[int, ...] | None = None) -> ScoreReport:
+                input_size: tuple[int, ...] | None = None) -> ScoredModel:
     """Measure ``model`` (see :mod:`search.candidate.complexity`) and score it under ``compression``."""
     from search.candidate.complexity import CIFAR_INPUT, measure
 
     counts = measure(model, input_size or CIFAR_INPUT)
-    return ScoreReport(counts.params, counts.nonzero_params, counts.macs, compression,
+    return ScoredModel(counts.params, counts.nonzero_params, counts.macs, compression,
                        compute_score(counts.params, counts.macs, compression, reference))

@@ -90,8 +90,8 @@ def run_throughput(args) -> int:
 
     import torch
 
-    from search.bench.report import append, machine, markdown, print_table
     from search.bench.suite import FULL, QUICK, run_suite
+    from search.bench.table import append, machine, markdown, print_table
     from search.training.device import pick_device
 
     device = pick_device(args.device or "auto")
@@ -116,7 +116,7 @@ def run_search(args) -> int:
     from pathlib import Path
 
     from search.bench import search as bench
-    from search.bench.report import machine
+    from search.bench.table import machine
     from search.errors import ConfigError
     from search.study.study_file import load_study_file
     from search.training.device import pick_device
@@ -179,7 +179,7 @@ def run_recipe(args) -> int:
     from pathlib import Path
 
     from search.bench import recipe as bench
-    from search.bench.report import machine
+    from search.bench.table import machine
     from search.errors import ConfigError
     from search.study.study_file import load_study_file
     from search.training.device import pick_device
@@ -227,7 +227,7 @@ def run_train(args) -> int:
     for name in ("--steps", "--batch-size"):
         at_least(args, name)
     at_least(args, "--loader-workers", 0)
-    from search.bench.report import append, machine, markdown, print_table
+    from search.bench.table import append, machine, markdown, print_table
     from search.bench.train import STEPS, train_rows
 
     rows = train_rows(args.arch, args.steps or STEPS, args.batch_size, args.loader_workers, args.precision)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from search.errors import ConfigError
 from search.training.device import pick_device  # noqa: F401  (re-exported for the commands)
-from search.training.trainer import EpochReport
+from search.training.trainer import EpochResult
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ class EpochProgress:
         if self.progress is not None:
             self.progress.stop()
 
-    def __call__(self, r: EpochReport) -> None:
+    def __call__(self, r: EpochResult) -> None:
         status = f"loss {r.train_loss:.3f}  val {r.val_accuracy:.2%}  {r.images_per_s:,.0f} img/s"
         if self.progress is not None:
             self.progress.update(self.task, completed=r.epoch, status=status)
@@ -110,16 +110,16 @@ class StudyProgress:
         else:
             print(f"{self.prefix}{text}", file=sys.stderr, flush=True)
 
-    def on_teacher_epoch(self, report) -> None:
-        self.log(f"teacher epoch {report.epoch}/{report.epochs}: val {report.val_accuracy:.2%}")
+    def on_teacher_epoch(self, result) -> None:
+        self.log(f"teacher epoch {result.epoch}/{result.epochs}: val {result.val_accuracy:.2%}")
 
-    def on_epoch(self, number: int, report) -> None:
-        status = f"loss {report.train_loss:.3f}  val {report.val_accuracy:.2%}"
+    def on_epoch(self, number: int, result) -> None:
+        status = f"loss {result.train_loss:.3f}  val {result.val_accuracy:.2%}"
         if self.live:
-            self.progress.update(self.trial_task, description=f"trial {number}", completed=report.epoch,
-                                 total=report.epochs, status=status)
+            self.progress.update(self.trial_task, description=f"trial {number}", completed=result.epoch,
+                                 total=result.epochs, status=status)
         else:
-            self.log(f"trial {number} epoch {report.epoch}/{report.epochs}: {status}")
+            self.log(f"trial {number} epoch {result.epoch}/{result.epochs}: {status}")
 
     def on_trial(self, study, trial) -> None:
         from optuna.trial import TrialState

@@ -47,31 +47,31 @@ def run(args) -> int:
         if p.place in ("candidate", "arch_options") and p.key != "arch"}}
     model = build_model(args.arch, **model_kwargs)
     challenge = micronet2019.count_candidate(copy.deepcopy(model), compression)
-    report = score_model(model, compression, reference)
+    scored = score_model(model, compression, reference)
     if args.json:
         print(json.dumps({"arch": args.arch, "groups": args.groups, "depthwise": args.depthwise,
-                          "width": args.width, **report.as_dict(),
+                          "width": args.width, **scored.as_dict(),
                           "micronet2019": {"params": challenge.params, "mults": challenge.mults,
                                            "adds": challenge.adds, "score": challenge.score}}))
         return 0
-    _print_table(args, report, challenge)
+    _print_table(args, scored, challenge)
     return 0
 
 
-def _print_table(args, report, challenge: micronet2019.Counts) -> None:
-    c = report.compression
+def _print_table(args, scored, challenge: micronet2019.Counts) -> None:
+    c = scored.compression
     console = Console()
     console.print(f"[bold]{args.arch}[/]  groups={args.groups}  depthwise={'yes' if args.depthwise else 'no'}  "
                   f"width={args.width:g}  |  ps={c.ps:g}  pu={c.pu:g}  qw={c.qw}  qa={c.qa}")
     table = Table()
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    table.add_row("parameters", f"{report.params:,}")
-    table.add_row("non-zero parameters", f"{report.nonzero_params:,}")
-    table.add_row("MACs", f"{report.macs:,}")
-    table.add_row("parameter term", f"{report.score.param_term:.6f}")
-    table.add_row("MAC term", f"{report.score.macs_term:.6f}")
-    table.add_row("score", f"{report.score.total:.6f}", style="bold")
+    table.add_row("parameters", f"{scored.params:,}")
+    table.add_row("non-zero parameters", f"{scored.nonzero_params:,}")
+    table.add_row("MACs", f"{scored.macs:,}")
+    table.add_row("parameter term", f"{scored.score.param_term:.6f}")
+    table.add_row("MAC term", f"{scored.score.macs_term:.6f}")
+    table.add_row("score", f"{scored.score.total:.6f}", style="bold")
     table.add_section()
     table.add_row("MicroNet 2019: storage (32-bit parameters)", f"{challenge.params:,.0f}")
     table.add_row("MicroNet 2019: operations (32-bit)", f"{challenge.ops:,.0f}")

@@ -46,7 +46,7 @@ from search.export.onnx_tolerance import (
     onnx_check,
     onnx_predict,
 )
-from search.export.verification import ACCURACY_TOLERANCE, VerifyReport, verify
+from search.export.verification import ACCURACY_TOLERANCE, Verification, verify
 from search.export.vote import VOTE_RULE, MajorityVote
 
 __all__ = [
@@ -70,7 +70,7 @@ __all__ = [
     "TORCHSCRIPT_FILE",
     "VOTE_RULE",
     "VerificationError",
-    "VerifyReport",
+    "Verification",
     "activation_quantizers",
     "check_out_dir",
     "export_ensemble",

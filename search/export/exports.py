@@ -27,7 +27,7 @@ from search.export.files import (
 )
 from search.export.load import load_test_data, load_trial_model, with_data_path
 from search.export.onnx_tolerance import onnx_check
-from search.export.verification import VerifyReport, verify
+from search.export.verification import Verification, verify
 from search.export.vote import VOTE_RULE, MajorityVote
 from search.results.front import front_trials
 from search.training.data import normalize
@@ -39,7 +39,7 @@ from search.trial.objectives import Objectives
 class ExportResult:
     out: Path
     card: dict
-    verify: VerifyReport | None = None
+    verify: Verification | None = None
 
 
 def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, formats=FORMATS, force: bool = False,
@@ -71,7 +71,7 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
     if "onnx" in formats:
         card["onnx_check"] = onnx_check(model, data.x_test, mean, std)
 
-    def write(folder: Path) -> VerifyReport | None:
+    def write(folder: Path) -> Verification | None:
         files = {}
         if "state_dict" in formats:
             torch.save(model.state_dict(), folder / STATE_DICT_FILE)
@@ -134,7 +134,7 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
     if "onnx" in formats:
         card["onnx_check"] = onnx_check(ensemble, data.x_test, mean, std)
 
-    def write(folder: Path) -> VerifyReport | None:
+    def write(folder: Path) -> Verification | None:
         files = {}
         if "state_dict" in formats:
             (folder / MEMBERS_DIR).mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from search.export.card import CARD
 from search.export.errors import ExportError, VerificationError
-from search.export.verification import VerifyReport
+from search.export.verification import Verification
 from search.models.graphs import ONNX_FILE, TORCHSCRIPT_FILE, write_graphs  # noqa: F401  (re-exported)
 
 FORMATS = ("torchscript", "onnx", "state_dict")
@@ -75,7 +75,7 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     return out
 
 
-def publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]) -> VerifyReport | None:
+def publish(out: Path, force: bool, write: Callable[[Path], Verification | None]) -> Verification | None:
     """Run ``write`` on a temporary sibling folder of ``out``, then rename it to ``out``; clean up on failure."""
     created = []  # parent folders made here, removed again on failure
     parent = out.parent
@@ -90,7 +90,7 @@ def publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]
         except OSError as e:
             raise ExportError(f"cannot write --out {out}: {e.strerror or e}") from None
         try:
-            report = write(tmp)
+            verification = write(tmp)
         except VerificationError as e:
             raise VerificationError(f"{e}; nothing was written to {out}") from None
         except OSError as e:
@@ -99,7 +99,7 @@ def publish(out: Path, force: bool, write: Callable[[Path], VerifyReport | None]
         check_out_dir(out, force)  # again: something may have appeared there meanwhile
         _swap(tmp, out)
         tmp = None
-        return report
+        return verification
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -24,7 +24,7 @@ ACCURACY_TOLERANCE = 0.005       # verify: |accuracy of a reloaded artifact - ca
 
 
 @dataclass
-class VerifyReport:
+class Verification:
     """What :func:`verify` measured: test accuracy per reloaded format and the ONNX / torch difference."""
 
     test_images: int
@@ -42,7 +42,7 @@ class VerifyReport:
 
 
 def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module | None = None,
-           data_path: str | None = None) -> VerifyReport:
+           data_path: str | None = None) -> Verification:
     """Reload every artifact in ``folder`` and re-evaluate it on the test split against the card.
 
     Each format's test accuracy must be within 0.5 % (absolute) of the card's, and the ONNX output must match the
@@ -59,7 +59,7 @@ def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module 
     x, y = data.x_test, data.y_test
     mean, std = card["preprocessing"]["mean"], card["preprocessing"]["std"]
     expected = card["test_accuracy"]
-    report = VerifyReport(len(y), expected)
+    verification = Verification(len(y), expected)
     if len(y) != card["test_images"]:
         raise VerificationError(f"the test split has {len(y)} images, the card says {card['test_images']}: "
                                 f"not the dataset the model was exported with")
@@ -77,23 +77,23 @@ def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module 
     problems = []
     for name, logits in outputs.items():
         accuracy = (logits.argmax(1) == y).float().mean().item()
-        report.accuracy[name] = accuracy
+        verification.accuracy[name] = accuracy
         if abs(accuracy - expected) > ACCURACY_TOLERANCE:
             problems.append(f"{name} test accuracy {accuracy:.4f} is not within {ACCURACY_TOLERANCE:.1%} of the "
                             f"card's {expected:.4f}")
     if "onnx" in outputs:
         if reference is not None:
-            report.onnx_reference, torch_out = "torch", predict(reference, x, mean, std)
+            verification.onnx_reference, torch_out = "torch", predict(reference, x, mean, std)
         else:
-            report.onnx_reference = next((k for k in ("state_dict", "torchscript") if k in outputs), None)
-            torch_out = outputs.get(report.onnx_reference)
+            verification.onnx_reference = next((k for k in ("state_dict", "torchscript") if k in outputs), None)
+            torch_out = outputs.get(verification.onnx_reference)
         if torch_out is not None and len(y):
             check = card.get("onnx_check") or onnx_check(reference or _reloaded_model(folder, card, scripted), x,
                                                          mean, std)
-            problems += _compare_onnx(report, card, check, folder / files["onnx"], outputs["onnx"], torch_out)
+            problems += _compare_onnx(verification, card, check, folder / files["onnx"], outputs["onnx"], torch_out)
     if problems:
         raise VerificationError("verification failed: " + "; ".join(problems))
-    return report
+    return verification
 
 
 def _reloaded_model(folder: Path, card: dict, scripted: torch.jit.ScriptModule | None) -> nn.Module:
@@ -111,36 +111,36 @@ def _reloaded_model(folder: Path, card: dict, scripted: torch.jit.ScriptModule |
     return model.eval()
 
 
-def _compare_onnx(report: VerifyReport, card: dict, check: dict, onnx_path: Path, onnx_out: torch.Tensor,
+def _compare_onnx(checked: Verification, card: dict, check: dict, onnx_path: Path, onnx_out: torch.Tensor,
                   torch_out: torch.Tensor) -> list[str]:
     """Check the ONNX graph and outputs against torch's by the rule of ``check`` (see :func:`onnx_check`);
-    fills ``report`` and returns the problems found."""
+    fills ``checked`` and returns the problems found."""
     per_image = (onnx_out - torch_out).abs().amax(1)
-    report.onnx_rule = check["rule"]
-    report.onnx_max_abs_diff = per_image.max().item()
-    report.onnx_median_abs_diff = per_image.median().item()
-    report.onnx_tolerance = check["max_tolerance"]
-    report.onnx_median_tolerance = check["median_tolerance"]
-    bound = report.onnx_tolerance if report.onnx_tolerance is not None else report.onnx_median_tolerance
-    report.onnx_images_over_tolerance = int((per_image > bound).sum())
-    report.onnx_top1_agreement = (onnx_out.argmax(1) == torch_out.argmax(1)).float().mean().item()
-    report.onnx_rounding_ops = count_onnx_rounding_ops(onnx_path)
-    output, ref = card["output_name"], report.onnx_reference
+    checked.onnx_rule = check["rule"]
+    checked.onnx_max_abs_diff = per_image.max().item()
+    checked.onnx_median_abs_diff = per_image.median().item()
+    checked.onnx_tolerance = check["max_tolerance"]
+    checked.onnx_median_tolerance = check["median_tolerance"]
+    bound = checked.onnx_tolerance if checked.onnx_tolerance is not None else checked.onnx_median_tolerance
+    checked.onnx_images_over_tolerance = int((per_image > bound).sum())
+    checked.onnx_top1_agreement = (onnx_out.argmax(1) == torch_out.argmax(1)).float().mean().item()
+    checked.onnx_rounding_ops = count_onnx_rounding_ops(onnx_path)
+    output, ref = card["output_name"], checked.onnx_reference
     problems = []
     expected = check["rounding_ops"]
-    if report.onnx_rounding_ops != expected:
-        found = ", ".join(f"{n} {op}" for op, n in report.onnx_rounding_ops.items())
+    if checked.onnx_rounding_ops != expected:
+        found = ", ".join(f"{n} {op}" for op, n in checked.onnx_rounding_ops.items())
         want = ", ".join(f"{n} {op}" for op, n in expected.items())
         problems.append(f"the ONNX graph holds {found} where the model's activation quantizers need {want}")
-    if report.onnx_tolerance is not None and not report.onnx_max_abs_diff <= report.onnx_tolerance:
+    if checked.onnx_tolerance is not None and not checked.onnx_max_abs_diff <= checked.onnx_tolerance:
         why = "float32 arithmetic" if check["rule"] == "strict" else "rounding-boundary flips"
-        problems.append(f"ONNX {output} differ from {ref}'s by up to {report.onnx_max_abs_diff:.3g} "
-                        f"(> {report.onnx_tolerance:.3g}, more than {why} explain) on "
-                        f"{report.onnx_images_over_tolerance} of {len(per_image)} images")
-    if check["rule"] != "strict" and not report.onnx_median_abs_diff <= report.onnx_median_tolerance:
-        problems.append(f"ONNX {output} differ from {ref}'s by {report.onnx_median_abs_diff:.3g} on the median image "
-                        f"(> {report.onnx_median_tolerance:.3g})")
-    if check["top1_agreement"] is not None and report.onnx_top1_agreement < check["top1_agreement"]:
-        problems.append(f"ONNX and {ref} predict the same class for only {report.onnx_top1_agreement:.2%} of the "
+        problems.append(f"ONNX {output} differ from {ref}'s by up to {checked.onnx_max_abs_diff:.3g} "
+                        f"(> {checked.onnx_tolerance:.3g}, more than {why} explain) on "
+                        f"{checked.onnx_images_over_tolerance} of {len(per_image)} images")
+    if check["rule"] != "strict" and not checked.onnx_median_abs_diff <= checked.onnx_median_tolerance:
+        problems.append(f"ONNX {output} differ from {ref}'s by {checked.onnx_median_abs_diff:.3g} on the median image "
+                        f"(> {checked.onnx_median_tolerance:.3g})")
+    if check["top1_agreement"] is not None and checked.onnx_top1_agreement < check["top1_agreement"]:
+        problems.append(f"ONNX and {ref} predict the same class for only {checked.onnx_top1_agreement:.2%} of the "
                         f"images (< {check['top1_agreement']:.0%})")
     return problems

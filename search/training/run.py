@@ -20,7 +20,7 @@ from search.candidate.complexity import Complexity, count_nonzero_params, measur
 from search.candidate.score import ScoreReference
 from search.compress import steps, weight_sparsity
 from search.training.data import Splits
-from search.training.trainer import EpochCallback, EpochReport, Trainer, evaluate
+from search.training.trainer import EpochCallback, EpochResult, Trainer, evaluate
 
 
 @dataclass
@@ -33,7 +33,7 @@ class CandidateResult:
     epochs_run: int
     wall_s: float
     train_images_per_s: float
-    history: list[EpochReport]
+    history: list[EpochResult]
     model: nn.Module
     base_reused: bool | None = None  # None: no shared base (see search.bases); else whether it was loaded
     epochs_saved: int = 0            # dense epochs not trained here thanks to a reused base
@@ -78,11 +78,11 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
         # the saved weights have the compressed structure; pruning an untrained copy gives the same shapes
         model, phase = compress(model, candidate.compression), "compressed"
 
-    def epoch_done(report: EpochReport) -> None:
+    def epoch_done(epoch_result: EpochResult) -> None:
         if on_epoch is not None:
-            on_epoch(report)
+            on_epoch(epoch_result)
         if on_state is not None:
-            on_state(report.epoch, lambda: {**trainer.state_dict(), "phase": phase})
+            on_state(epoch_result.epoch, lambda: {**trainer.state_dict(), "phase": phase})
 
     trainer = Trainer(model, data, candidate.train, teacher, candidate.distillation, epoch_done)
     base_reused = None
@@ -128,7 +128,7 @@ def _dense_from_base(base, trainer: Trainer, dense_epochs: int, on_epoch: EpochC
     if reused:
         # the state holds everything the run goes on from (optimizer, step, RNG): the rest is as if trained here
         trainer.load_state_dict(state)
-        for report in trainer.history:  # the trial's learning curve (and its early stopping) sees these epochs
+        for past in trainer.history:  # the trial's learning curve (and its early stopping) sees these epochs
             if on_epoch is not None:
-                on_epoch(replace(report, images_per_s=0.0))  # 0 images/s: replayed, not trained here
+                on_epoch(replace(past, images_per_s=0.0))  # 0 images/s: replayed, not trained here
     return reused

@@ -40,7 +40,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, targets: tor
 
 
 @dataclass(frozen=True)
-class EpochReport:
+class EpochResult:
     epoch: int                 # 1-based, counted over the whole run
     epochs: int
     train_loss: float
@@ -49,7 +49,7 @@ class EpochReport:
     images_per_s: float
 
 
-EpochCallback = Callable[[EpochReport], None]
+EpochCallback = Callable[[EpochResult], None]
 
 
 def ema_with_warmup(decay: float):
@@ -108,7 +108,7 @@ class Trainer:
         self.epoch = 0
         self.train_seconds = 0.0
         self.images_seen = 0
-        self.history: list[EpochReport] = []
+        self.history: list[EpochResult] = []
         self.optimizer = None
         self.reset_optimizer()
         if teacher is not None:
@@ -152,7 +152,7 @@ class Trainer:
     def _inputs(self, xb: torch.Tensor) -> torch.Tensor:
         return normalize(xb, self.data.mean, self.data.std, channels_last=self.channels_last)
 
-    def run(self, epochs: int | None = None) -> list[EpochReport]:
+    def run(self, epochs: int | None = None) -> list[EpochResult]:
         """Train ``epochs`` more epochs (default: all that are left)."""
         left = self.config.epochs - self.epoch
         epochs = left if epochs is None else min(epochs, left)
@@ -161,7 +161,7 @@ class Trainer:
             reports.append(self._epoch())
         return reports
 
-    def _epoch(self) -> EpochReport:
+    def _epoch(self) -> EpochResult:
         cfg, model = self.config, self.model
         model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -204,12 +204,12 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(f"training loss became {train_loss} in epoch {self.epoch}; lower the learning "
                                      f"rate (now {cfg.lr:g}) or check the configuration")
-        report = EpochReport(self.epoch, cfg.epochs, train_loss, self.evaluate(self.data.x_val, self.data.y_val),
+        result = EpochResult(self.epoch, cfg.epochs, train_loss, self.evaluate(self.data.x_val, self.data.y_val),
                              cfg.lr_at(self.step / self.total_steps), n_seen / seconds if seconds else 0.0)
-        self.history.append(report)
+        self.history.append(result)
         if self.on_epoch is not None:
-            self.on_epoch(report)
-        return report
+            self.on_epoch(result)
+        return result
 
     def _flips(self) -> torch.Tensor | None:
         """``flip: alternate``: this epoch's flips, one per training image: a seeded random half in even epochs,
@@ -240,7 +240,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.train_seconds, self.images_seen = state["train_seconds"], state["images_seen"]
-        self.history = [EpochReport(**r) for r in state["history"]]
+        self.history = [EpochResult(**r) for r in state["history"]]
         self.generator.set_state(state["generator"].cpu())
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from search import optuna_compat as compat
 from search.pareto import weakly_dominates
-from search.training.trainer import EpochReport
+from search.training.trainer import EpochResult
 from search.trial import record
 from search.trial.objectives import Objectives
 from search.trial.record import TrialRecord
@@ -93,7 +93,7 @@ def predicted_too_long(trial, cap: float | None, images: int, epochs: int, macs:
             f"{len(rates)} finished trials), over max_trial_seconds {cap:g}")
 
 
-def projected_too_long(cap: float | None, report: EpochReport, trained: int, seconds: float) -> str | None:
+def projected_too_long(cap: float | None, report: EpochResult, trained: int, seconds: float) -> str | None:
     """With a cap (``max_trial_seconds``): the reason to stop a trial whose ``trained`` epochs so far, in ``seconds``,
     project past it."""
     if cap is None or report.epoch >= report.epochs:  # the last epoch is spent already: stopping saves nothing

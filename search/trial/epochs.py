@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from search import optuna_compat as compat
-from search.training.trainer import EpochReport
+from search.training.trainer import EpochResult
 from search.trial import record
 from search.trial.context import TrialContext
 from search.trial.decisions import projected_too_long, prune
@@ -31,14 +31,14 @@ class EpochWatch:
         self.clock, self.wall = clock, wall
         run.last_saved = wall()
 
-    def on_epoch(self, report: EpochReport) -> None:
+    def on_epoch(self, report: EpochResult) -> None:
         t0 = self.clock()
         try:
             self._epoch(report)
         finally:
             self.run.bookkeeping_s += self.clock() - t0
 
-    def _epoch(self, report: EpochReport) -> None:
+    def _epoch(self, report: EpochResult) -> None:
         run, trial = self.run, self.run.trial
         # Trial.report refuses multi-objective studies; the storage call is what it would do, so the dashboard draws
         # learning curves from these intermediate values.

@@ -43,7 +43,7 @@ class TrialPipeline:
         self.loaded, self.config, self.space = loaded, loaded.config, loaded.space
         self.objectives = loaded.config.objective_list
         self.data, self.teacher, self.artifact_store, self.stopper = data, teacher, artifact_store, stopper
-        self.on_epoch = on_epoch  # progress display: (trial number, EpochReport)
+        self.on_epoch = on_epoch  # progress display: (trial number, EpochResult)
         self.on_start = on_start  # called once the trial is sampled and checked for twins (releases the claim)
         self.worker = worker
         self.current_trial_id: int | None = None
