@@ -42,8 +42,12 @@ def non_dominated_sort(points: Sequence[Point]) -> list[list[int]]:
 
 
 def crowding_distance(front: Sequence[int], points: Sequence[Point]) -> dict[int, float]:
-    """NSGA-II's crowding distance of each index of ``front``: infinite at the ends of every loss, else the sum over
-    losses of the normalized gap between its two neighbours."""
+    """NSGA-II's crowding distance of each index of ``front``: infinite at the ends of every coordinate, else the sum
+    over coordinates of the normalized gap between its two neighbours.
+
+    The gaps do not depend on which way a coordinate points (a loss or the value it was turned from give the same
+    distances); only which of several *tied* points is taken for an end does: along each coordinate the points are
+    ordered by value, ties in the order of ``front``, and the first and the last are the ends."""
     distance = dict.fromkeys(front, 0.0)
     if not front:
         return distance
@@ -57,11 +61,16 @@ def crowding_distance(front: Sequence[int], points: Sequence[Point]) -> dict[int
     return distance
 
 
-def rank_order(points: Sequence[Point]) -> list[int]:
-    """Indices of ``points``, best first: by non-dominated front, then by crowding distance within the front (largest
-    first), then by index."""
+def rank_order(points: Sequence[Point], spread: Sequence[Point] | None = None) -> list[int]:
+    """Indices of ``points`` (losses), best first: by non-dominated front, then by crowding distance within the front
+    (largest first), then by index.
+
+    ``spread``: the coordinates the crowding distance is measured on, one tuple per point (default ``points``). They
+    give the same distances as the losses, save for ties (:func:`crowding_distance`): MO-ASHA measures on (accuracy,
+    costs), as it always did, so that a tie at a rung ends where it did."""
+    spread = points if spread is None else spread
     order: list[int] = []
     for front in non_dominated_sort(points):
-        crowding = crowding_distance(front, points)
+        crowding = crowding_distance(front, spread)
         order += sorted(front, key=lambda i: (-crowding[i], i))
     return order

@@ -34,6 +34,9 @@ from search.study.study_file import load_study_file
 from search.training.checkpoint import load_candidate_checkpoint
 from search.training.data import DataConfig, load_data, normalize
 from search.training.trainer import evaluate, predict
+from search.trial.objectives import Objectives
+
+OBJECTIVES = Objectives.parse(None)  # accuracy, score: the tiny studies' objectives
 
 SPACE = """\
 params:
@@ -220,10 +223,10 @@ def test_export_writes_a_complete_card(trained, q8_export):
     assert card["trial"] == trained.q8 and card["study"] == "tiny"
     assert card["candidate"] == t.user_attrs["candidate"]
     assert card["bits"] == {"qw": 8, "qa": 8}
-    assert card["score"] == pytest.approx(t.values[1])
+    assert card["score"] == pytest.approx(OBJECTIVES.value(t, "score"))
     assert card["score_terms"]["param_term"] + card["score_terms"]["macs_term"] == pytest.approx(card["score"])
     assert card["measured_score"] == pytest.approx(t.user_attrs["measured_score"])
-    assert card["val_accuracy"] == pytest.approx(t.values[0])
+    assert card["val_accuracy"] == pytest.approx(OBJECTIVES.accuracy(t))
     for key in ("dense_params", "dense_macs", "compressed_params", "compressed_macs", "nonzero_params"):
         assert card["complexity"][key] == t.user_attrs[key]
     assert card["complexity"]["exported_nonzero_params"] <= card["complexity"]["nonzero_params"]
@@ -279,8 +282,9 @@ def test_exported_8_bit_weights_have_at_most_256_values_per_channel(q8_export):
 
 def test_min_accuracy_and_knee_pick_front_members_and_force_replaces(trained, capsys):
     front = front_trials(trained.study)
-    best = max(t.values[0] for t in front)
-    cheapest_best = min((t for t in front if t.values[0] >= best), key=lambda t: t.values[1])
+    best = max(OBJECTIVES.accuracy(t) for t in front)
+    cheapest_best = min((t for t in front if OBJECTIVES.accuracy(t) >= best),
+                        key=lambda t: OBJECTIVES.value(t, "score"))
     out = trained.tmp / "picked"
     assert main(["export", *args(trained, "--min-accuracy", str(best), "--out", str(out),
                                  "--format", "state_dict")]) == 0
@@ -302,14 +306,14 @@ def test_min_accuracy_and_knee_pick_front_members_and_force_replaces(trained, ca
 def expected_knee(front):
     """The documented rule, written out again."""
     if len(front) >= 3:
-        acc = np.array([t.values[0] for t in front])
-        score = np.array([t.values[1] for t in front])
+        acc = np.array([OBJECTIVES.accuracy(t) for t in front])
+        score = np.array([OBJECTIVES.value(t, "score") for t in front])
         a, s = (acc - acc.min()) / np.ptp(acc), (score - score.min()) / np.ptp(score)
         i0, i1 = int(np.argmin(score)), int(np.argmax(score))
         d = np.abs((s[i1] - s[i0]) * (a[i0] - a) - (s[i0] - s) * (a[i1] - a[i0]))
         if d.max() > 1e-9:
             return front[int(np.argmax(d))]
-    return max(front, key=lambda t: t.values[0] / t.values[1])
+    return max(front, key=lambda t: OBJECTIVES.accuracy(t) / OBJECTIVES.value(t, "score"))
 
 
 def test_failed_verification_writes_nothing(trained, capsys, monkeypatch):
@@ -424,11 +428,12 @@ def test_ensemble_of_three_verifies(trained):
     card = json.loads((out / "model_card.json").read_text())
     trials = trained.study.trials
     assert [m["trial"] for m in card["members"]] == [trained.dense, trained.q8, trained.w8]
-    assert card["score"] == pytest.approx(sum(trials[n].values[1] for n in (trained.dense, trained.q8, trained.w8)))
+    assert card["score"] == pytest.approx(sum(OBJECTIVES.value(trials[n], "score")
+                                              for n in (trained.dense, trained.q8, trained.w8)))
     assert card["score_convention"] == "seed 000's convention: the sum of the members' scores"
     for m in card["members"]:
         assert m["candidate"] == trials[m["trial"]].user_attrs["candidate"]
-        assert m["val_accuracy"] == pytest.approx(trials[m["trial"]].values[0])
+        assert m["val_accuracy"] == pytest.approx(OBJECTIVES.accuracy(trials[m["trial"]]))
         assert (out / m["state_dict"]).is_file()
     data = load_data(DATA)
     vote = load_state_dict_model(out)

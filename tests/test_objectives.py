@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from tiny import write_tiny_study
 
+from search import pareto
 from search.candidate.candidate import Candidate, costs
 from search.compress.compression import Compression
 from search.errors import ConfigError
@@ -51,9 +52,15 @@ def test_bad_objectives_are_named(items, fragment):
 
 def test_dominance_and_hypervolume_in_three_dimensions():
     o = Objectives.parse(["accuracy", "score", "latency"])
-    assert o.dominates((0.9, 0.1, 1.0), (0.8, 0.1, 1.0))
-    assert not o.dominates((0.9, 0.1, 2.0), (0.8, 0.1, 1.0))  # slower: a trade, not domination
-    assert not o.dominates((0.9, 0.1, 1.0), (0.9, 0.1, 1.0))
+
+    def beats(a, b):  # values a dominate values b
+        return pareto.dominates(o.loss(a), o.loss(b))
+
+    assert o.loss((0.9, 0.1, 1.0)) == (-0.9, 0.1, 1.0)  # accuracy negated: every coordinate a loss
+    assert beats((0.9, 0.1, 1.0), (0.8, 0.1, 1.0))
+    assert not beats((0.8, 0.1, 1.0), (0.9, 0.1, 1.0))
+    assert not beats((0.9, 0.1, 2.0), (0.8, 0.1, 1.0))  # slower: a trade, not domination
+    assert not beats((0.9, 0.1, 1.0), (0.9, 0.1, 1.0))
     ref = (0.0, 1.0, 10.0)
     assert o.hypervolume([(1.0, 0.0, 0.0)], ref) == pytest.approx(1.0 * 1.0 * 10.0)
     # two boxes: 0.5×0.5×10 and 1.0×1.0×5, overlapping in 0.5×0.5×5

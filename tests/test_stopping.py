@@ -74,7 +74,8 @@ def test_no_stopper_and_factory():
 
 # --- MO-ASHA: successive halving ranked by non-dominated sorting ---
 
-from search.trial.stopping import MOASHAStopper, rank_order  # noqa: E402
+from search.pareto import rank_order  # noqa: E402
+from search.trial.stopping import MOASHAStopper  # noqa: E402
 
 
 def test_moasha_rungs():
@@ -84,7 +85,7 @@ def test_moasha_rungs():
 
 def test_rank_order_sorts_fronts_then_keeps_a_front_s_ends_first():
     points = [(0.90, 1.0), (0.80, 0.5), (0.70, 0.2), (0.60, 0.6), (0.85, 0.9), (0.50, 0.7)]
-    order = rank_order(points)
+    order = rank_order([(-a, c) for a, c in points])  # losses: accuracy negated
     assert set(order[:4]) == {0, 1, 2, 4}  # the first front: no point beats another on both objectives
     assert order[:2] == [0, 2]              # its ends (most accurate, cheapest) first
     assert order[4:] == [3, 5]              # 3 (dominated by 1 and 2) before 5 (dominated by 3 as well)
@@ -124,12 +125,10 @@ def test_moasha_options_are_checked(options, fragment):
 
 def test_moasha_sees_stopped_and_running_trials_too():
     """The objective hands a stopper that sees "all" every other trial with a curve, not only complete ones."""
-    from types import SimpleNamespace
-
     import optuna
 
+    from search.trial.decisions import rivals
     from search.trial.objectives import Objectives
-    from search.trial.pipeline import Objective
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     made = []
@@ -145,10 +144,10 @@ def test_moasha_sees_stopped_and_running_trials_too():
         made.append(t)
     me = made[-1]
     objectives = Objectives.parse(None)  # accuracy, score
-    seen = Objective._finished(SimpleNamespace(stopper=MOASHAStopper(), objectives=objectives), me)
+    seen = rivals(MOASHAStopper(), objectives, me)
     assert len(seen) == 3  # complete, pruned, running with a curve; not itself, not a trial without a curve
     assert all(f.cost == (0.5,) for f in seen)  # the score: from the values, or the record before training
-    assert len(Objective._finished(SimpleNamespace(stopper=NoStopper(), objectives=objectives), me)) == 1
+    assert len(rivals(NoStopper(), objectives, me)) == 1
 
 
 def test_moasha_is_chosen_in_the_study_file(tmp_path):
@@ -194,3 +193,40 @@ def test_the_old_pruner_key_is_read_as_stopper_with_one_line(tmp_path, capsys):
     study.write_text(study.read_text() + "stopper: {name: none}\n")
     with pytest.raises(ConfigError, match="both 'pruner' and 'stopper'"):
         load_study_file(study)
+
+
+def test_moasha_ranks_a_tie_at_a_rung_as_it_always_did():
+    # this trial (0.6, score 2.0) ties a rival; with (0.5, 1.0) there, all three are in the first front. The crowding
+    # is measured on (accuracy, score) as before search.pareto: the rival copy is the end of the accuracy axis, this
+    # trial is inside both axes, ranks 3 of 3, and only the best ceil(3 / 2) = 2 go on
+    stopper = MOASHAStopper(min_epochs=1, reduction_factor=2, min_trials=3)
+    rivals = [Finished(2.0, {1: 0.6}), Finished(1.0, {1: 0.5})]
+    reason = stopper.should_stop(1, 0.6, 2.0, rivals)
+    assert reason and "rank 3 of 3" in reason and "only the best 2 go on" in reason
+    assert stopper.should_stop(1, 0.6, 2.0, rivals[::-1]) == reason  # the rivals' order does not matter here
+
+
+def test_the_study_file_s_stopper_keys_are_the_stoppers_own_fields(tmp_path):
+    from dataclasses import fields
+
+    from search.study.study_file import StopperConfig, load_study_file
+
+    assert [f.name for f in fields(StopperConfig)] == ["name", "warmup_epochs", "min_trials", "percentile",
+                                                       "min_epochs", "reduction_factor", "skip_dominated",
+                                                       "skip_accuracy"]
+    assert StopperConfig().build(0.8) == ParetoStopper(accuracy_floor=0.8)  # the floor is the study's, not an option
+    (tmp_path / "space.yaml").write_text("params:\n  qw: {choices: [8, 32]}\n")
+    study = tmp_path / "s.yaml"
+    study.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\nstopper: {{name: moasha}}\n")
+    stopper = load_study_file(study).config.stopper.build(0.8)
+    assert stopper == MOASHAStopper() and stopper.min_trials == 4  # the study file's default, as before
+    study.write_text(study.read_text().replace("{name: moasha}", "{name: moasha, accuracy_floor: 0.5}"))
+    with pytest.raises(ConfigError, match="unknown key 'accuracy_floor'; known keys: name, warmup_epochs, "
+                                          "min_trials, percentile, min_epochs, reduction_factor, skip_dominated, "
+                                          "skip_accuracy$"):
+        load_study_file(study)
+    with pytest.raises(ConfigError, match="^unknown stopper option 'min_epochs'; the pareto stopper takes "
+                                          "warmup_epochs, min_trials, percentile$"):
+        make_stopper("pareto", min_epochs=2)
+    with pytest.raises(ConfigError, match="^stopper 'none' takes no options, got percentile$"):
+        make_stopper("off", percentile=50)

@@ -8,10 +8,14 @@ import pytest
 from optuna.trial import TrialState
 from tiny import SPACE, write_tiny_study
 
-from search.results.front import dominates, front_rows, front_trials, hypervolume
+from search.pareto import dominates
+from search.results.front import front_rows, front_trials, hypervolume
 from search.study.runner import run_study
 from search.study.study_file import load_study_file, open_study
 from search.training.checkpoint import load_candidate_checkpoint
+from search.trial.objectives import Objectives
+
+OBJECTIVES = Objectives.parse(None)  # accuracy, score: the tiny studies' objectives
 
 
 def write_study(tmp_path, n_trials=4, extra="", name="tiny", space=SPACE):
@@ -32,7 +36,7 @@ def test_study_runs_records_and_resumes(tmp_path):
                     "score", "measured_score", "epochs_run", "wall_s", "images_per_s", "device",
                     "candidate", "checkpoint_artifact_id"):
             assert key in t.user_attrs, key
-        assert t.values[1] == pytest.approx(t.user_attrs["score"])
+        assert OBJECTIVES.value(t, "score") == pytest.approx(t.user_attrs["score"])
     # the enqueued groups=3 ran first: 3 does not divide the 4 channels of width 0.25, so it was pruned with the
     # reason, and the study went on
     first = trials[0]
@@ -67,7 +71,8 @@ def test_checkpoint_reloads_to_the_same_accuracy(tmp_path):
     model, meta = load_candidate_checkpoint(file)
     assert meta["candidate"] == trial.user_attrs["candidate"]
     data = load_data(DataConfig(name="digits", subset=400))
-    assert evaluate(model, data.x_val, data.y_val, meta["mean"], meta["std"]) == pytest.approx(trial.values[0])
+    accuracy = evaluate(model, data.x_val, data.y_val, meta["mean"], meta["std"])
+    assert accuracy == pytest.approx(OBJECTIVES.accuracy(trial))
 
 
 def test_accuracy_floor_is_a_constraint(tmp_path):
@@ -87,14 +92,14 @@ def test_accuracy_floor_is_a_constraint(tmp_path):
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(complete) == 2
     for t in complete:  # Optuna's constraint API: stored as a system attribute, read back by FrozenTrial.constraints
-        assert t.constraints == {"accuracy_floor": pytest.approx(floor - t.values[0])}
-        assert t.system_attrs["constraints:accuracy_floor"] == pytest.approx(floor - t.values[0])
-    infeasible = [t for t in complete if t.values[0] < floor]
-    feasible = [t for t in complete if t.values[0] >= floor]
+        assert t.constraints == {"accuracy_floor": pytest.approx(floor - OBJECTIVES.accuracy(t))}
+        assert t.system_attrs["constraints:accuracy_floor"] == pytest.approx(floor - OBJECTIVES.accuracy(t))
+    infeasible = [t for t in complete if OBJECTIVES.accuracy(t) < floor]
+    feasible = [t for t in complete if OBJECTIVES.accuracy(t) >= floor]
     assert infeasible and feasible, [t.values for t in complete]
-    points = [tuple(t.values) for t in complete]
+    points = [OBJECTIVES.loss(t.values) for t in complete]
     for t in infeasible:  # non-dominated: only the constraint keeps it off the front
-        assert not any(dominates(p, tuple(t.values)) for p in points)
+        assert not any(dominates(p, OBJECTIVES.loss(t.values)) for p in points)
     front = {t.number for t in study.best_trials}
     assert front == {t.number for t in feasible}
     assert {t.number for t in front_trials(study)} == front
@@ -170,7 +175,7 @@ def test_front_is_non_dominated(tmp_path):
     front = front_trials(study)
     values = [tuple(t.values) for t in front]
     for a in values:
-        assert not any(dominates(b, a) for b in map(tuple, (t.values for t in study.trials)))
+        assert not any(dominates(OBJECTIVES.loss(t.values), OBJECTIVES.loss(a)) for t in study.trials)
     assert {(0.9, 0.5), (0.95, 1.0), (0.7, 0.1), (0.8, 0.2)} == set(values)
     assert [r["score"] for r in front_rows(study)] == sorted(r["score"] for r in front_rows(study))
     assert all(r["val_accuracy"] >= 0.85 for r in front_rows(study, min_accuracy=0.85))

@@ -10,6 +10,7 @@ from search.models import build_model
 from search.study.study_file import StudyConfig, candidate_from
 from search.training.data import Augmentation, DataConfig, DataError, load_data, mix_batch
 from search.training.trainer import Trainer
+from search.trial.objectives import Objectives
 
 
 def batch(n=8, h=16, w=16):
@@ -226,7 +227,7 @@ n_trials: 1
         study = run_study(load_study_file(tmp_path / f"{name}.yaml"))
         (trial,) = study.trials
         assert trial.state == optuna.trial.TrialState.COMPLETE
-        accuracies[ema] = trial.values[0]
+        accuracies[ema] = Objectives.parse(None).accuracy(trial)
     out = tmp_path / "model"
     assert main(["export", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "ema99", "--trial", "0",
                  "--format", "torchscript", "--out", str(out), "--verify"]) == 0

@@ -11,9 +11,8 @@ from search.errors import ConfigError
 from search.space.params import columns
 from search.trial.objectives import DEFAULT, Objectives, check_hardware
 from search.trial.record import TrialRecord
-from search.trial.stopping import dominates
 
-__all__ = ["dominates", "front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row"]
+__all__ = ["front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row"]
 
 # the columns after the objectives' own (val_accuracy, score, ...: Objectives.metric_names)
 ROW_KEYS = ("trial", "measured_score", "params", "macs", "compressed_params", "compressed_macs", "nonzero_params",

@@ -228,13 +228,9 @@ class Objectives(tuple):
         return trial.values[self.index(self.costs[0].name)]
 
     def loss(self, values: Sequence[float]) -> tuple[float, ...]:
-        """``values`` in this order, turned so that every coordinate is minimized."""
+        """``values`` in this order, turned so that every coordinate is minimized: the points :mod:`search.pareto`
+        compares (``pareto.dominates(o.loss(a), o.loss(b))``)."""
         return tuple(-v if m.direction == "maximize" else v for m, v in zip(self, values, strict=True))
-
-    def dominates(self, a: Sequence[float], b: Sequence[float]) -> bool:
-        """Values ``a`` dominate ``b``: no worse in every objective, better in one."""
-        la, lb = self.loss(a), self.loss(b)
-        return all(x <= y for x, y in zip(la, lb, strict=True)) and la != lb
 
     def hypervolume(self, points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
         """The volume the ``points`` (values in this order) dominate up to the ``reference`` values; points no

@@ -3,27 +3,33 @@
 A stopper looks at the trial's validation accuracy at epoch k, its costs (the objectives known before training, each
 to minimize: the score by default, :mod:`search.trial.objectives`), and the learning curves of the finished trials, and
 returns the reason to stop it, or None to go on. A single cost may be given as a number.
+
+Each stopper is a frozen dataclass whose fields are its options, declared there once: :data:`STOPPERS` maps the study
+file's ``stopper: {name: ...}`` to it, the study file's other ``stopper:`` keys are made from the fields
+(:func:`study_options`), and :func:`make_stopper` names the options from them when one is unknown. Dominance and the
+non-dominated sort are :mod:`search.pareto`'s.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 
 from search.errors import ConfigError
+from search.pareto import rank_order, weakly_dominates
+
+# Marks a stopper field that the study's ``accuracy_floor`` sets (a constraint of the study, not an option of
+# ``stopper:``).
+FROM_STUDY = "from_study"
 
 
 def as_costs(costs) -> tuple[float, ...]:
     """One cost (a number) or several (a sequence), as a tuple."""
     return (float(costs),) if isinstance(costs, (int, float)) else tuple(costs)
-
-
-def dominates(a, b) -> bool:
-    """(accuracy, cost, ...) a dominates b: accuracy no lower, every cost no higher, and better in one."""
-    return a[0] >= b[0] and all(x <= y for x, y in zip(a[1:], b[1:], strict=True)) and tuple(a) != tuple(b)
 
 
 def _show(costs: tuple[float, ...]) -> str:
@@ -72,6 +78,7 @@ class EarlyStopper(ABC):
         (:meth:`Finished.like`)."""
 
 
+@dataclass(frozen=True)
 class NoStopper(EarlyStopper):
     def should_stop(self, epoch, accuracy, costs, finished, dense_epochs=None):
         return None
@@ -88,10 +95,10 @@ class ParetoStopper(EarlyStopper):
     below the floor.
     """
 
-    warmup_epochs: int = 2
-    min_trials: int = 4
-    percentile: float = 50.0
-    accuracy_floor: float | None = None
+    warmup_epochs: int = 2        # the first epoch it decides after
+    min_trials: int = 4           # finished rivals needed at the epoch
+    percentile: float = 50.0      # of the rivals' accuracies at the epoch: the bar
+    accuracy_floor: float | None = field(default=None, metadata={FROM_STUDY: True})
 
     def __post_init__(self):
         if not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 1:
@@ -106,7 +113,7 @@ class ParetoStopper(EarlyStopper):
         if epoch < self.warmup_epochs:
             return None
         costs = as_costs(costs)
-        rivals = [a for f in finished if all(x <= y for x, y in zip(f.cost, costs, strict=True))
+        rivals = [a for f in finished if weakly_dominates(f.cost, costs)
                   and (a := f.like(epoch, dense_epochs)) is not None]
         if len(rivals) >= self.min_trials:
             bar = float(np.percentile(rivals, self.percentile))
@@ -133,14 +140,14 @@ class MOASHAStopper(EarlyStopper):
     with fewer than ``min_trials`` at the rung it goes on in any case. Unlike the Pareto stopper it needs no finished
     rival, so it bounds what one candidate may spend before there is evidence for it.
 
-    Syne Tune's ``MOASHA`` was the reference read; the sorting below is written here because Optuna's
-    non-dominated sort is private API and the sets are small (the trials of one study at one rung).
+    Syne Tune's ``MOASHA`` was the reference read; the sorting is :func:`search.pareto.rank_order` (Optuna's
+    non-dominated sort is private API, and the sets are small: the trials of one study at one rung).
     """
 
     sees = "all"
-    min_epochs: int = 1
-    reduction_factor: float = 3.0
-    min_trials: int = 3
+    min_epochs: int = 1           # the first rung
+    reduction_factor: float = 3.0  # rungs at min_epochs * reduction_factor^k; 1/reduction_factor go on
+    min_trials: int = 4           # trials at a rung needed (the Pareto stopper's option of that name and default)
 
     def __post_init__(self):
         if isinstance(self.min_epochs, bool) or not isinstance(self.min_epochs, int) or self.min_epochs < 1:
@@ -170,55 +177,58 @@ class MOASHAStopper(EarlyStopper):
         if n < self.min_trials:
             return None
         keep = math.ceil(n / self.reduction_factor)
-        position = rank_order(points).index(0)
+        # ranked on losses (accuracy negated); the crowding measured on the points as they are (rank_order's spread)
+        position = rank_order([(-a, *c) for a, *c in points], spread=points).index(0)
         if position < keep:
             return None
         return (f"rung at epoch {epoch}: rank {position + 1} of {n} trials there by non-dominated sorting of "
                 f"(accuracy {accuracy:.4f}, costs {_show(costs)}); only the best {keep} go on")
 
 
-def rank_order(points: list[tuple[float, ...]]) -> list[int]:
-    """Indices of ``points`` (accuracy to maximize, then costs to minimize), best first: by non-dominated front, then
-    by crowding distance within the front (largest first), then by index."""
-    remaining = list(range(len(points)))
-    order: list[int] = []
-    while remaining:
-        front = [i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)]
-        crowding = _crowding(front, points)
-        order += sorted(front, key=lambda i: (-crowding[i], i))
-        remaining = [i for i in remaining if i not in front]
-    return order
+STOPPERS: dict[str, type[EarlyStopper]] = {"pareto": ParetoStopper, "moasha": MOASHAStopper, "none": NoStopper}
+ALIASES = {"off": "none"}
 
 
-def _crowding(front: list[int], points) -> dict[int, float]:
-    distance = dict.fromkeys(front, 0.0)
-    for k in range(len(points[front[0]])):
-        ordered = sorted(front, key=lambda i: points[i][k])
-        span = points[ordered[-1]][k] - points[ordered[0]][k]
-        distance[ordered[0]] = distance[ordered[-1]] = math.inf
-        if span > 0:
-            for j in range(1, len(ordered) - 1):
-                distance[ordered[j]] += (points[ordered[j + 1]][k] - points[ordered[j - 1]][k]) / span
-    return distance
+def stopper_class(name: str) -> type[EarlyStopper]:
+    """The stopper a study file's ``stopper: {name: ...}`` names."""
+    cls = STOPPERS.get(ALIASES.get(name, name))
+    if cls is None:
+        *others, last = STOPPERS
+        raise ConfigError(f"unknown stopper {name!r}; use {', '.join(others)} or {last}")
+    return cls
 
 
-def make_stopper(name: str, **options) -> EarlyStopper:
-    if name in ("none", "off"):
-        if options:
-            raise ConfigError(f"stopper 'none' takes no options, got {', '.join(options)}")
-        return NoStopper()
-    if name == "pareto":
-        try:
-            return ParetoStopper(**options)
-        except TypeError:
-            known = "warmup_epochs, min_trials, percentile"
-            bad = sorted(set(options) - set(known.split(", ")))
-            raise ConfigError(f"unknown stopper option {bad[0]!r}; the pareto stopper takes {known}") from None
-    if name == "moasha":
-        options.pop("accuracy_floor", None)  # rungs rank by both objectives; the floor stays a constraint
-        known = "min_epochs, reduction_factor, min_trials"
-        bad = sorted(set(options) - set(known.split(", ")))
-        if bad:
-            raise ConfigError(f"unknown stopper option {bad[0]!r}; the moasha stopper takes {known}")
-        return MOASHAStopper(**options)
-    raise ConfigError(f"unknown stopper {name!r}; use pareto, moasha or none")
+def options(cls: type[EarlyStopper]) -> list[str]:
+    """The options ``stopper:`` may set for the stopper ``cls``: its dataclass fields, less those the study sets."""
+    return [f.name for f in fields(cls) if f.init and not f.metadata.get(FROM_STUDY)]
+
+
+def study_options() -> list[tuple[str, object, object]]:
+    """(name, type, default) of every stopper's options, each once, in the order the stoppers declare them: the keys
+    a study file's ``stopper:`` takes beside ``name`` (:class:`search.study.study_file.StopperConfig`). An option two
+    stoppers share (``min_trials``) has one type and one default."""
+    out: dict[str, tuple[str, object, object]] = {}
+    for cls in STOPPERS.values():
+        hints = typing.get_type_hints(cls)
+        declared = {f.name: f for f in fields(cls)}
+        for name in options(cls):
+            default = declared[name].default
+            if default is MISSING:
+                raise TypeError(f"{cls.__name__}.{name}: a stopper option needs a default")
+            option = (name, hints[name], default)
+            if out.setdefault(name, option) != option:
+                raise TypeError(f"stopper option {name!r} is declared twice, as {out[name][1:]} and {option[1:]}")
+    return list(out.values())
+
+
+def make_stopper(name: str, accuracy_floor: float | None = None, **given) -> EarlyStopper:
+    """The stopper ``name`` with the ``given`` options; ``accuracy_floor`` (the study's) goes to those that use it."""
+    cls = stopper_class(name)
+    name = next(n for n, c in STOPPERS.items() if c is cls)
+    known = options(cls)
+    bad = sorted(set(given) - set(known))
+    if bad and not known:
+        raise ConfigError(f"stopper {name!r} takes no options, got {', '.join(given)}")
+    if bad:
+        raise ConfigError(f"unknown stopper option {bad[0]!r}; the {name} stopper takes {', '.join(known)}")
+    return cls(**given, **{f.name: accuracy_floor for f in fields(cls) if f.metadata.get(FROM_STUDY)})
