@@ -289,6 +289,6 @@ enqueue: [{{ps: 0.5}}, {{ps: 0.1}}]
 
 
 def costs_of(ps):
-    from search.candidate.candidate import costs
+    from search.candidate.candidate import footprint
 
-    return costs(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).score.total
+    return footprint(Candidate(arch="resnet20", width=0.25, compression=Compression(ps=ps)), 10).score.total

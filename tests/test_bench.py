@@ -11,7 +11,7 @@ from search.bench import throughput
 from search.bench.suite import COMPRESSED
 from search.bench.table import Row, markdown
 from search.bench.throughput import bench_candidate, cifar_shaped, trainer_images_per_s
-from search.candidate.candidate import costs
+from search.candidate.candidate import footprint
 from search.candidate.complexity import count_params
 from search.compress.quantize import quantization_of
 
@@ -70,7 +70,7 @@ def test_trainer_rate_is_measured_on_the_compressed_model(monkeypatch):
     monkeypatch.setattr(throughput, "Trainer", Recording)
     data = cifar_shaped(64)
     cand = bench_candidate("resnet20", 32, width=0.25, compression=COMPRESSED)
-    expected = costs(cand, data.num_classes)
+    expected = footprint(cand, data.num_classes)
     rate, first = trainer_images_per_s(cand, data)
     warm, timed = trainers
     assert timed.model is warm.model and len(timed.data.x_train) == len(data.x_train)  # the whole epoch, timed

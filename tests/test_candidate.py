@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.candidate.candidate import Candidate, costs
+from search.candidate.candidate import Candidate, footprint
 from search.candidate.complexity import count_params
 from search.candidate.recipe import Distillation, TrainConfig
 from search.compress import QuantAct, QuantConv2d, QuantLinear
@@ -26,17 +26,17 @@ def small(**kwargs):
 
 
 def test_costs_before_training_follow_each_knob():
-    base = costs(small(), 10)
+    base = footprint(small(), 10)
     assert base.dense == base.compressed
     # measured counts non-zero parameters: a fresh model's zero BN biases make it a hair lower
     assert base.measured_score.total == pytest.approx(base.score.total, rel=0.01)
     assert base.measured_score.total <= base.score.total
-    ps = costs(small(compression=Compression(ps=0.5)), 10)
+    ps = footprint(small(compression=Compression(ps=0.5)), 10)
     assert ps.compressed.macs < 0.5 * ps.dense.macs and ps.compressed.params < 0.5 * ps.dense.params
-    pu = costs(small(compression=Compression(pu=0.6)), 10)
+    pu = footprint(small(compression=Compression(pu=0.6)), 10)
     assert pu.compressed.macs == pu.dense.macs
     assert pu.compressed.nonzero_params < 0.5 * pu.dense.params
-    q = costs(small(compression=Compression(qw=8, qa=8)), 10)
+    q = footprint(small(compression=Compression(qw=8, qa=8)), 10)
     assert q.score.total == pytest.approx(base.score.total / 4)
     assert q.measured_score.total == pytest.approx(q.score.total, rel=0.01)
 
@@ -52,7 +52,7 @@ def _accuracy(model, x, y, data):
 def test_compressed_candidate_end_to_end(synthetic):
     cand = small(compression=Compression(ps=0.3, pu=0.4, qw=4, qa=8))
     result = run_candidate(cand, synthetic, test=True)
-    c = result.costs
+    c = result.footprint
     assert c.compressed.params < c.dense.params and c.compressed.macs < c.dense.macs
     assert result.sparsity == pytest.approx(0.4, abs=0.01)
     assert result.epochs_run == 2 and len(result.history) == 2
@@ -158,8 +158,8 @@ def test_candidate_with_densenet_and_groups_compresses(synthetic):
     assert built(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
     result = run_candidate(cand, synthetic)
-    assert result.costs.dense.params == count_params(built)
-    assert result.costs.compressed.macs < result.costs.dense.macs
+    assert result.footprint.dense.params == count_params(built)
+    assert result.footprint.compressed.macs < result.footprint.dense.macs
     assert {m.groups for m in _block_3x3_convs(result.model)} == {2}  # structured pruning kept them grouped
     assert result.model.eval()(synthetic.x_test[:2].float()).shape == (2, 10)
 
@@ -168,7 +168,7 @@ def test_known_costs_give_the_same_measurement(synthetic):
     from search.candidate.complexity import measure
 
     cand = small(compression=Compression(ps=0.3, pu=0.3, qw=8, qa=8))
-    known = costs(cand, synthetic.num_classes)
+    known = footprint(cand, synthetic.num_classes)
     result = run_candidate(cand, synthetic, known=known)
-    assert result.costs.dense == known.dense
-    assert result.costs.compressed == measure(result.model)  # MACs reused, non-zero parameters recounted
+    assert result.footprint.dense == known.dense
+    assert result.footprint.compressed == measure(result.model)  # MACs reused, non-zero parameters recounted

@@ -81,14 +81,14 @@ def test_train_and_test_with_other_classes(tmp_path):
 
 def test_images_of_another_size_train_score_and_export(tmp_path):
     """At image_size 48 the MACs (and so the score) are those of 48×48 inputs, and the export takes 48×48."""
-    from search.candidate.candidate import Candidate, costs
+    from search.candidate.candidate import Candidate, footprint
     from search.cli import main
 
     root = make_folder(tmp_path / "imgs", per_class=16, sizes=((50, 60), (40, 40)))
     data = load_data(DataConfig(name="folder", path=str(root), image_size=48))
     assert data.x_train.shape[1:] == (3, 48, 48)
     cand = Candidate(arch="resnet20", width=0.25)
-    at32, at48 = costs(cand, 3), costs(cand, 3, input_size=(3, 48, 48))
+    at32, at48 = footprint(cand, 3), footprint(cand, 3, input_size=(3, 48, 48))
     assert at48.dense.params == at32.dense.params
     assert at48.dense.macs == pytest.approx(at32.dense.macs * (48 / 32) ** 2, rel=0.01)  # convs scale with pixels
     (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"

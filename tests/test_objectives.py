@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 from tiny import write_tiny_study
 
 from search import pareto
-from search.candidate.candidate import Candidate, costs
+from search.candidate.candidate import Candidate, footprint
 from search.compress.compression import Compression
 from search.errors import ConfigError
 from search.export import knee_trial
@@ -124,7 +124,7 @@ def test_latency_is_measured_on_the_exported_form_and_recorded_with_its_hardware
     from search.training.checkpoint import rebuild
 
     model = rebuild(candidate, 10)
-    subject = Subject(candidate, costs(candidate, 10), 10, (3, 32, 32), model=model)
+    subject = Subject(candidate, footprint(candidate, 10), 10, (3, 32, 32), model=model)
     metric = Latency(target=target, warmup=2, repeats=5)
     ms, extra = metric.record(subject)
     assert 0 < ms < 10_000 and math.isfinite(ms)
@@ -135,7 +135,7 @@ def test_latency_is_measured_on_the_exported_form_and_recorded_with_its_hardware
     # ~50× the MACs takes longer: the value measures the model, not the harness
     small, big = Candidate(arch="resnet20", width=0.25), Candidate(arch="resnet18", width=1.0)
     small_ms, big_ms = (Latency(target=target, warmup=2, repeats=5).record(
-        Subject(c, costs(c, 10), 10, (3, 32, 32), model=rebuild(c, 10)))[0] for c in (small, big))
+        Subject(c, footprint(c, 10), 10, (3, 32, 32), model=rebuild(c, 10)))[0] for c in (small, big))
     assert big_ms > 2 * small_ms
 
 

@@ -85,10 +85,10 @@ def test_the_cost_step_records_the_costs_known_before_training(pipeline):
     pipeline.cost(run)
     attrs = run.trial.user_attrs
     assert attrs["worker"] == "w:1" and attrs["candidate"] == run.candidate.to_dict()
-    assert attrs["dense_macs"] == run.cost.dense.macs > 0
-    assert attrs["score"] == run.cost.score.total == run.before["score"]
+    assert attrs["dense_macs"] == run.footprint.dense.macs > 0
+    assert attrs["score"] == run.footprint.score.total == run.before["score"]
     assert attrs["before_values"] == run.before
-    assert run.rank_costs == (run.before["score"],)  # minimized as it is
+    assert run.costs == (run.before["score"],)  # minimized as it is
 
 
 def test_a_candidate_that_cannot_be_built_is_pruned_at_the_cost_step(pipeline):
@@ -203,7 +203,7 @@ class Recorder:
 
 
 def watch(trial, clock, stopper=None, cap=None, every=1, min_seconds=30.0, epochs=4, on_epoch=None, save=None):
-    run = TrialContext(trial, start=0.0, rank_costs=(0.5,),
+    run = TrialContext(trial, start=0.0, costs=(0.5,),
                        candidate=SimpleNamespace(dense_epochs=None, train=SimpleNamespace(epochs=epochs)))
     config = SimpleNamespace(max_trial_seconds=cap, checkpoint_every=every, checkpoint_min_seconds=min_seconds)
     return run, EpochWatch(run, stopper or Recorder(), config, rivals=list, save=save or (lambda e, s: None),

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 
-from search.candidate.candidate import Candidate, costs
+from search.candidate.candidate import Candidate, footprint
 from search.candidate.recipe import TrainConfig
 from search.compress.compression import Compression
 from search.errors import ConfigError
@@ -48,7 +48,7 @@ def test_the_score_counts_both_passes():
     plain = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, qw=8, qa=8))
     flip = Candidate(arch="resnet20", width=0.25, compression=Compression(ps=0.3, qw=8, qa=8),
                      train=TrainConfig(tta_flip=True))
-    a, b = costs(plain, 10), costs(flip, 10)
+    a, b = footprint(plain, 10), footprint(flip, 10)
     assert b.dense.params == a.dense.params and b.compressed.params == a.compressed.params
     assert b.dense.macs == 2 * a.dense.macs and b.compressed.macs == 2 * a.compressed.macs
     assert b.score.param_term == a.score.param_term
@@ -63,7 +63,7 @@ def test_a_compressed_candidate_trains_and_its_accuracy_is_the_averaged_models(t
     assert isinstance(result.model, FlipAverage)
     logits = predict(result.model, data.x_val, data.mean, data.std)
     assert result.val_accuracy == pytest.approx((logits.argmax(1) == data.y_val).float().mean().item())
-    assert result.costs.dense.macs == 2 * costs(Candidate(arch="resnet20", width=0.25), 10,
+    assert result.footprint.dense.macs == 2 * footprint(Candidate(arch="resnet20", width=0.25), 10,
                                                 input_size=tuple(data.x_train.shape[1:])).dense.macs
 
 

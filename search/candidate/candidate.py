@@ -10,7 +10,7 @@ from torch import nn
 
 from search.candidate.complexity import CIFAR_INPUT, Complexity, measure
 from search.candidate.recipe import Distillation, TrainConfig
-from search.candidate.score import Score, ScoreReference, compute_score
+from search.candidate.score import ScoreReference, ScoreTerms, compute_score
 from search.compress import steps
 from search.compress.compression import Compression
 from search.config import from_mapping, to_mapping
@@ -68,24 +68,24 @@ def compress(model: nn.Module, compression: Compression) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class Costs:
+class Footprint:
     """What a candidate costs, known before any training."""
 
     dense: Complexity
     compressed: Complexity
-    score: Score             # the seeds' formula on the dense counts with the candidate's ps, pu, qw, qa
-    measured_score: Score    # the formula on the measured compressed counts (pruning already in them)
+    score: ScoreTerms             # the seeds' formula on the dense counts with the candidate's ps, pu, qw, qa
+    measured_score: ScoreTerms    # the formula on the measured compressed counts (pruning already in them)
 
     @classmethod
-    def of(cls, c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Costs:
+    def of(cls, c: Compression, dense: Complexity, compressed: Complexity, reference: ScoreReference) -> Footprint:
         """Both scores from the dense and the compressed counts."""
         score = compute_score(dense.params, dense.macs, c, reference)
         measured = compute_score(compressed.nonzero_params, compressed.macs, Compression(qw=c.qw, qa=c.qa), reference)
         return cls(dense, compressed, score, measured)
 
 
-def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference(),
-          input_size: tuple[int, ...] = CIFAR_INPUT) -> Costs:
+def footprint(candidate: Candidate, num_classes: int, reference: ScoreReference = ScoreReference(),
+          input_size: tuple[int, ...] = CIFAR_INPUT) -> Footprint:
     """Build and compress an untrained copy to measure both scores before training.
 
     Structured pruning keeps the same number of channels per layer whatever the weights, and unstructured pruning
@@ -97,7 +97,7 @@ def costs(candidate: Candidate, num_classes: int, reference: ScoreReference = Sc
     if key not in _DENSE:  # a search meets the same architecture many times: count its MACs once
         _DENSE[key] = measure(model, input_size)
     compressed = measure(compress(model, candidate.compression), input_size)
-    return Costs.of(candidate.compression, _DENSE[key], compressed, reference)
+    return Footprint.of(candidate.compression, _DENSE[key], compressed, reference)
 
 
 _DENSE: dict[str, Complexity] = {}

@@ -29,7 +29,7 @@ class ScoreReference:
 
 
 @dataclass(frozen=True)
-class Score:
+class ScoreTerms:
     param_term: float
     macs_term: float
 
@@ -39,11 +39,11 @@ class Score:
 
 
 def compute_score(params: int, macs: int, compression: Compression = Compression(),
-                  reference: ScoreReference = ScoreReference()) -> Score:
+                  reference: ScoreReference = ScoreReference()) -> ScoreTerms:
     c = compression
     param_term = (1 - (c.ps + c.pu)) * (c.qw / 32) * params / reference.params
     macs_term = (1 - c.ps) * (max(c.qw, c.qa) / 32) * macs / reference.macs
-    return Score(param_term, macs_term)
+    return ScoreTerms(param_term, macs_term)
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ScoredModel:
     nonzero_params: int
     macs: int
     compression: Compression
-    score: Score
+    score: ScoreTerms
 
     def as_dict(self) -> dict:
         c = self.compression

@@ -16,6 +16,7 @@ from search.errors import ConfigError
 
 def add_parser(commands) -> None:
     from search.candidate.recipe import PRECISIONS
+    from search.space.params import add_arguments
 
     p = commands.add_parser("bench", help="measure trial throughput; append the table to BENCHMARKS.md",
                             description=__doc__)
@@ -42,9 +43,9 @@ def add_parser(commands) -> None:
                                   "[-quick] or studies/bench-recipe[-quick]); runs recorded there are not run again")
     p.add_argument("--no-audit", action="store_true", help="search: skip training the stopped trials to the end")
     p.add_argument("--device", help="throughput, search, recipe: cpu or cuda (default: cuda when available)")
-    p.add_argument("--arch", default="resnet20", help="train, profile: the architecture (default resnet20)")
+    add_arguments(p, "bench", defaults=True)  # --arch, --batch-size (train, profile), from the parameter table
+    p.set_defaults(batch_size=128)  # the benchmarks' batch, not the study's
     p.add_argument("--steps", type=int, help="train, profile: timed training steps (default 12; profile 20)")
-    p.add_argument("--batch-size", type=int, default=128, help="train, profile: batch size (default 128)")
     p.add_argument("--loader-workers", type=int, default=2,
                    help="train: DataLoader workers of the classic loop (default 2)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,

@@ -79,7 +79,7 @@ def knee_trial(front: Sequence[FrozenTrial], objectives: Objectives | None = Non
     members = sorted(front, key=lambda t: (objectives.first_cost(t), -objectives.accuracy(t), t.number))
     if len(objectives) > 2:
         return _ideal_nearest(members, objectives)
-    cost = objectives.costs[0].name
+    cost = objectives.cost_objectives[0].name
     if len(members) >= 3:
         acc = np.array([objectives.accuracy(t) for t in members], dtype=np.float64)
         score = np.array([objectives.value(t, cost) for t in members], dtype=np.float64)

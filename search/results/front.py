@@ -104,7 +104,7 @@ def _panels(objectives: Objectives, others, best):
     def xy(t):
         return objectives.value(t, m.name), objectives.accuracy(t)
 
-    for m in objectives.costs:
+    for m in objectives.cost_objectives:
         yield m, [xy(t) for t in others], sorted((*xy(t), t.number) for t in best)
 
 

@@ -36,7 +36,7 @@ class Param:
     check: Callable[[Any], None]    # raises ConfigError for a value that can never build
     type: Callable | None = None    # the CLI flag's type (None: a true/false flag; str for text)
     column: tuple[str, str] | None = None  # front table: (title, format); None: not a column
-    commands: tuple[str, ...] = ()  # the CLI commands with a flag for it (train, score)
+    commands: tuple[str, ...] = ()  # the CLI commands with a flag for it (train, score, bench)
     group: str | None = None        # the flag's help group; default from the place
 
     @property
@@ -155,7 +155,7 @@ def _cutout(value):
 T, S = "train", "score"  # the commands whose flags a parameter has
 PARAMETERS: dict[str, Param] = {p.name: p for p in (
     Param("arch", "model architecture (resnet20, resnet18, densenet)", "candidate", "arch", _arch, str,
-          ("arch", ""), (T, S)),
+          ("arch", ""), (T, S, "bench")),  # bench train and bench profile time one architecture
     Param("width", "channel multiplier", "candidate", "width", _model("width"), float, ("width", "g"), (T, S)),
     Param("groups", "groups of every 3×3 block conv", "candidate", "groups", _model("groups"), int, ("groups", ""),
           (T, S)),
@@ -185,7 +185,7 @@ PARAMETERS: dict[str, Param] = {p.name: p for p in (
     Param("weight_decay", "weight decay", "train", "weight_decay", _train("weight_decay"), float, None, (T,)),
     Param("label_smoothing", "label smoothing", "train", "label_smoothing", _train("label_smoothing"), float, None,
           (T,)),
-    Param("batch_size", "batch size", "train", "batch_size", _train("batch_size"), int, None, (T,)),
+    Param("batch_size", "batch size", "train", "batch_size", _train("batch_size"), int, None, (T, "bench")),
     Param("cutout", "cutout size in pixels (0 = off)", "augment", "cutout", _cutout, int, None, (T,)),
     Param("optimizer", "sgd (Nesterov momentum) or adamw", "train", "optimizer", _train("optimizer"), str, None,
           (T,)),

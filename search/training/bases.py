@@ -15,14 +15,17 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from search.candidate.candidate import Candidate
-from search.study.locks import StudyLock
 from search.training.data import DataConfig, Splits
 from search.training.trainer import device_setup
+
+if TYPE_CHECKING:  # the study's lock, passed in by the trial: training does not import the study
+    from search.study.locks import StudyLock
 
 FORMAT = b"micronet-base 1\n"  # then the sha256 of the payload (32 bytes), then the torch.save payload
 

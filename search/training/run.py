@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from search.candidate import Candidate, Costs, compress
+from search.candidate import Candidate, Footprint, compress
 from search.candidate.complexity import Complexity, count_nonzero_params, measure
 from search.candidate.score import ScoreReference
 from search.compress import steps, weight_sparsity
@@ -26,7 +26,7 @@ from search.training.trainer import EpochCallback, EpochResult, Trainer, evaluat
 @dataclass
 class CandidateResult:
     candidate: Candidate
-    costs: Costs
+    footprint: Footprint
     val_accuracy: float
     test_accuracy: float | None
     sparsity: float
@@ -39,7 +39,7 @@ class CandidateResult:
     epochs_saved: int = 0            # dense epochs not trained here thanks to a reused base
 
     def summary(self) -> dict:
-        c = self.costs
+        c = self.footprint
         return {
             "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
             "params": c.dense.params, "macs": c.dense.macs, "dense_nonzero_params": c.dense.nonzero_params,
@@ -57,13 +57,13 @@ StateCallback = Callable[[int, Callable[[], dict]], None]
 def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
                   on_epoch: EpochCallback | None = None, test: bool = False,
                   reference: ScoreReference = ScoreReference(), resume: dict | None = None,
-                  on_state: StateCallback | None = None, known: Costs | None = None, base=None) -> CandidateResult:
+                  on_state: StateCallback | None = None, known: Footprint | None = None, base=None) -> CandidateResult:
     """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
 
     ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
     ``on_state(epoch, get_state)`` is called after every epoch; ``get_state()`` builds a resumable state, and
     ``resume=`` such a state continues the run where it was taken, with the same result as an uninterrupted run.
-    ``known``: the candidate's :func:`costs`, when already measured: skips counting MACs again (ptflops; MACs do not
+    ``known``: the candidate's :func:`footprint`, when already measured: skips counting MACs again (ptflops; MACs do not
     depend on the weights), only the non-zero parameters of the trained model are counted.
     ``base``: a :class:`search.bases.Base`; unless resuming, the dense phase comes from it: trained here (and
     stored) by the first trial that needs it, loaded by the others, whose curve then replays its epochs.
@@ -111,7 +111,7 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
         model, data.x_val, data.y_val, data.mean, data.std)
     test_acc = trainer.evaluate(data.x_test, data.y_test) if test else None
     return CandidateResult(
-        candidate, Costs.of(candidate.compression, dense, compressed, reference), val, test_acc,
+        candidate, Footprint.of(candidate.compression, dense, compressed, reference), val, test_acc,
         weight_sparsity(model), trainer.epoch, time.perf_counter() - start, trainer.images_per_s,
         list(trainer.history), model, base_reused, candidate.dense_epochs if base_reused else 0,
     )

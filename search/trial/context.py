@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search.candidate.candidate import Candidate, Costs
+from search.candidate.candidate import Candidate, Footprint
 from search.trial.objectives import Subject
 
 
@@ -18,10 +18,10 @@ class TrialContext:
     values: dict | None = None                    # the sampled parameters
     sample_s: float = 0.0                         # the sampler's share of the orchestration
     candidate: Candidate | None = None
-    cost: Costs | None = None
+    footprint: Footprint | None = None
     subject: Subject | None = None
     before: dict[str, float] = field(default_factory=dict)  # the objectives known before training, by name
-    rank_costs: tuple[float, ...] | None = None   # ... as the stoppers compare them (each minimized)
+    costs: tuple[float, ...] | None = None   # ... as the stoppers compare them (each minimized)
     bookkeeping_s: float = 0.0                    # seconds in the per-epoch bookkeeping: orchestration, not training
     epochs_trained: int = 0                       # epochs this trial trained itself (not a reused base's) ...
     trained_since: float = 0.0                    # ... since when (perf_counter)

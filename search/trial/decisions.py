@@ -57,10 +57,10 @@ def dominated_before_training(trial, objectives: Objectives, stopper, costs: tup
     """Why a candidate cannot enter the front before it trains: a finished trial has every cost no worse and at
     least ``stopper.skip_accuracy`` (``stopper``: the study's StopperConfig). Only when every cost is known before
     training (a measured latency may still win)."""
-    if not stopper.skip_dominated or costs is None or any(m.when != "before" for m in objectives.costs):
+    if not stopper.skip_dominated or costs is None or any(m.when != "before" for m in objectives.cost_objectives):
         return None
     for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        theirs = objectives.stop_costs(known_before(objectives, t))
+        theirs = objectives.known_costs(known_before(objectives, t))
         accuracy = objectives.accuracy(t)
         if weakly_dominates(theirs, costs) and accuracy >= stopper.skip_accuracy:
             shown = ", ".join(f"{m.name} {a:.4g} <= {b:.4g}" for m, a, b in zip(objectives.before, theirs, costs,
@@ -114,7 +114,7 @@ def rivals(stopper: EarlyStopper, objectives: Objectives, trial) -> list[Finishe
     for t in trial.study.get_trials(deepcopy=False, states=states):
         if t.number == trial.number or (stopper.sees == "all" and not t.intermediate_values):
             continue
-        costs = objectives.stop_costs(known_before(objectives, t))
+        costs = objectives.known_costs(known_before(objectives, t))
         if costs is not None:
             out.append(Finished(costs, dict(t.intermediate_values), TrialRecord.of(t).dense_epochs))
     return out

@@ -19,7 +19,7 @@ class EpochWatch:
     """The callbacks of one training run (``run_candidate``'s ``on_epoch`` and ``on_state``).
 
     ``rivals()`` lists the trials the stopper compares with (read only if it looks); ``save(epoch, state)`` writes a
-    resume checkpoint; ``on_epoch(trial number, report)`` is the progress display. ``config``: the StudyConfig
+    resume checkpoint; ``on_epoch(trial number, result)`` is the progress display. ``config``: the StudyConfig
     (``max_trial_seconds``, ``checkpoint_every``, ``checkpoint_min_seconds``). ``clock`` times the bookkeeping and
     the training, ``wall`` the checkpoint cadence.
     """
@@ -31,36 +31,36 @@ class EpochWatch:
         self.clock, self.wall = clock, wall
         run.last_saved = wall()
 
-    def on_epoch(self, report: EpochResult) -> None:
+    def on_epoch(self, result: EpochResult) -> None:
         t0 = self.clock()
         try:
-            self._epoch(report)
+            self._epoch(result)
         finally:
             self.run.bookkeeping_s += self.clock() - t0
 
-    def _epoch(self, report: EpochResult) -> None:
+    def _epoch(self, result: EpochResult) -> None:
         run, trial = self.run, self.run.trial
         # Trial.report refuses multi-objective studies; the storage call is what it would do, so the dashboard draws
         # learning curves from these intermediate values.
-        trial.storage.set_trial_intermediate_value(compat.trial_id(trial), report.epoch, report.val_accuracy)
+        trial.storage.set_trial_intermediate_value(compat.trial_id(trial), result.epoch, result.val_accuracy)
         if self.progress is not None:
-            self.progress(trial.number, report)
+            self.progress(trial.number, result)
         why = None
         # No decision after the last epoch (stopping saves nothing and would lose the result), nor at an epoch
         # replayed from a reused base (images_per_s 0): it cost nothing, and its accuracy is the shared dense
         # network's, the same for every candidate on that base, so a rung there would rank siblings by score
         # alone and stop the lightly compressed ones before they show what they do.
-        if report.epoch < report.epochs and report.images_per_s > 0:
-            why = self.stopper.should_stop(report.epoch, report.val_accuracy, run.rank_costs, _Lazy(self.rivals),
+        if result.epoch < result.epochs and result.images_per_s > 0:
+            why = self.stopper.should_stop(result.epoch, result.val_accuracy, run.costs, _Lazy(self.rivals),
                                            run.candidate.dense_epochs)
-        if report.images_per_s > 0:  # trained here, not replayed from a reused base
+        if result.images_per_s > 0:  # trained here, not replayed from a reused base
             run.epochs_trained += 1
-            why = why or projected_too_long(self.config.max_trial_seconds, report, run.epochs_trained,
+            why = why or projected_too_long(self.config.max_trial_seconds, result, run.epochs_trained,
                                             self.clock() - run.trained_since - run.bookkeeping_s)
         elif run.epochs_trained == 0:
             run.trained_since = self.clock()  # the replay of a reused base costs nothing: the clock starts after
         if why:
-            record.write(trial, wall_s=self.clock() - run.start, epochs_run=report.epoch)
+            record.write(trial, wall_s=self.clock() - run.start, epochs_run=result.epoch)
             prune(trial, why)
 
     def on_state(self, epoch: int, get_state: Callable[[], dict]) -> None:

@@ -35,7 +35,7 @@ class Subject:
     training the trained model (CPU copy, eval mode) and the data's input shape."""
 
     candidate: object        # search.candidate.candidate.Candidate
-    costs: object            # search.candidate.candidate.Costs
+    footprint: object        # search.candidate.candidate.Footprint
     num_classes: int
     input_shape: tuple[int, ...]
     model: object = None     # the trained torch model ("measured" objectives)
@@ -91,7 +91,7 @@ class Score(Metric):
     log_axis: ClassVar[bool] = True
 
     def compute(self, subject: Subject) -> float:
-        return float(subject.costs.score.total)
+        return float(subject.footprint.score.total)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class Objectives(tuple):
         return [m.direction for m in self]
 
     @property
-    def costs(self) -> list[Metric]:
+    def cost_objectives(self) -> list[Metric]:
         """Every objective but accuracy."""
         return [m for m in self if m.name != "accuracy"]
 
@@ -225,7 +225,7 @@ class Objectives(tuple):
 
     def first_cost(self, trial) -> float:
         """The value of the first cost objective (the score in the default study): the order fronts are shown in."""
-        return trial.values[self.index(self.costs[0].name)]
+        return trial.values[self.index(self.cost_objectives[0].name)]
 
     def loss(self, values: Sequence[float]) -> tuple[float, ...]:
         """``values`` in this order, turned so that every coordinate is minimized: the points :mod:`search.pareto`
@@ -263,7 +263,7 @@ class Objectives(tuple):
             return dict(record_values)
         return {} if score is None else {"score": score}
 
-    def stop_costs(self, known: dict[str, float]) -> tuple[float, ...] | None:
+    def known_costs(self, known: dict[str, float]) -> tuple[float, ...] | None:
         """The before-training objectives' values as the stoppers compare them (each minimized), or None when one is
         missing."""
         out = []

@@ -9,14 +9,15 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
 
 from search import optuna_compat as compat
-from search.candidate.candidate import Candidate, costs
+from search.candidate.candidate import Candidate, footprint
 from search.errors import ConfigError
-from search.study.study_file import LoadedStudy, candidate_from
+from search.space.params import candidate_from
 from search.training.checkpoint import save_candidate_checkpoint
 from search.training.data import Splits
 from search.training.run import CandidateResult, run_candidate
@@ -29,6 +30,9 @@ from search.trial.objectives import Objectives, Subject
 from search.trial.resume import ResumeCheckpoints
 from search.trial.reuse import BaseReuse
 from search.trial.stopping import EarlyStopper
+
+if TYPE_CHECKING:  # the study runs its trials: the trial reads the loaded study, it does not import the study
+    from search.study.study_file import LoadedStudy
 
 ACCURACY_FLOOR = "accuracy_floor"
 
@@ -89,31 +93,31 @@ class TrialPipeline:
         built is pruned."""
         trial, shape = run.trial, tuple(self.data.x_train.shape[1:])
         try:
-            candidate = candidate_from(run.values, self.config)
+            candidate = candidate_from(run.values, self.config.train, self.config.compress_at)
             if candidate.distillation is not None and self.teacher is None:
                 raise ConfigError("distillation sampled but the study has no teacher")
-            cost = costs(candidate, self.data.num_classes, self.config.reference, shape)
-            subject = Subject(candidate, cost, self.data.num_classes, shape, device=self.data.device)
+            fp = footprint(candidate, self.data.num_classes, self.config.reference, shape)
+            subject = Subject(candidate, fp, self.data.num_classes, shape, device=self.data.device)
             before = {m.name: m.compute(subject) for m in self.objectives.before}
         except ConfigError as e:
             prune(trial, f"cannot build this candidate: {e}")
-        run.candidate, run.cost, run.subject, run.before = candidate, cost, subject, before
-        run.rank_costs = self.objectives.stop_costs(before)
+        run.candidate, run.footprint, run.subject, run.before = candidate, fp, subject, before
+        run.costs = self.objectives.known_costs(before)
         record.write(trial, candidate=candidate.to_dict())
         record.write(
             trial,
-            dense_params=cost.dense.params, dense_macs=cost.dense.macs,
-            compressed_params=cost.compressed.params, compressed_macs=cost.compressed.macs,
-            nonzero_params=cost.compressed.nonzero_params, score=cost.score.total,
-            measured_score=cost.measured_score.total, device=str(self.data.device),
+            dense_params=fp.dense.params, dense_macs=fp.dense.macs,
+            compressed_params=fp.compressed.params, compressed_macs=fp.compressed.macs,
+            nonzero_params=fp.compressed.nonzero_params, score=fp.score.total,
+            measured_score=fp.measured_score.total, device=str(self.data.device),
             dense_epochs=candidate.dense_epochs, before_values=before,
         )
 
     def decide(self, run: TrialContext) -> None:
         """Prune, before it trains, a candidate a finished trial dominates or one predicted over the time cap."""
-        reason = dominated_before_training(run.trial, self.objectives, self.config.stopper, run.rank_costs) \
+        reason = dominated_before_training(run.trial, self.objectives, self.config.stopper, run.costs) \
             or predicted_too_long(run.trial, self.config.max_trial_seconds, len(self.data.y_train),
-                                  run.candidate.train.epochs, run.cost.dense.macs)
+                                  run.candidate.train.epochs, run.footprint.dense.macs)
         if reason:
             prune(run.trial, reason)
 
@@ -130,7 +134,7 @@ class TrialPipeline:
         try:
             return run_candidate(candidate, self.data, self.teacher, on_epoch=watch.on_epoch,
                                  reference=self.config.reference, resume=resume, on_state=watch.on_state,
-                                 known=run.cost, base=base)
+                                 known=run.footprint, base=base)
         except NonFiniteLossError as e:
             prune(trial, str(e))
 
@@ -143,8 +147,8 @@ class TrialPipeline:
             train_s=result.wall_s - run.bookkeeping_s, bookkeeping_s=run.bookkeeping_s, sample_s=run.sample_s,
             images_per_s=result.train_images_per_s, sparsity=result.sparsity,
             threads=torch.get_num_threads(),  # this worker's share of its host's cores when the trial ended
-            nonzero_params=result.costs.compressed.nonzero_params,
-            measured_score=result.costs.measured_score.total,
+            nonzero_params=result.footprint.compressed.nonzero_params,
+            measured_score=result.footprint.measured_score.total,
         )
         if self.config.accuracy_floor is not None:
             trial.set_constraint(ACCURACY_FLOOR, self.config.accuracy_floor - result.val_accuracy)
