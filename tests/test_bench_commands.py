@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from search.bench import hand_workers, workers
+from search.bench import hand_workers
+from search.bench import worker_overhead as workers
 from search.bench.table import machine
 from search.cli import main
 from search.machine import available_cores, cpu_model

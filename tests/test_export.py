@@ -373,7 +373,7 @@ def test_export_verify_catches_a_wrong_onnx_weight_and_writes_nothing(quickstart
         _scale_last_conv_weight(folder / files["onnx"], 1.01)
         return files
 
-    monkeypatch.setattr(search.export.exports, "write_graphs", write_wrong)  # where the exports look it up
+    monkeypatch.setattr(search.export.build, "write_graphs", write_wrong)  # where the exports look it up
     out = quickstart.tmp / "wrong-weight"
     assert main(["export", *quickstart.args, "--trial", str(quickstart.q16), "--out", str(out), "--verify"]) == 1
     err = capsys.readouterr().err

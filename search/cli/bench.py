@@ -251,7 +251,7 @@ def run_profile(args) -> int:
 def run_workers(args) -> int:
     for name in ("--workers", "--trials-per-worker"):
         at_least(args, name)
-    from search.bench import workers as bench
+    from search.bench import worker_overhead as bench
 
     rows = bench.run(tuple(args.workers or bench.WORKERS), args.trials_per_worker, tuple(args.storages), args.sampler,
                      say_as("workers"))
@@ -280,7 +280,7 @@ def run_hand_workers(args) -> int:
 
 def run_stopper(args) -> int:
     at_least(args, "--n-trials")
-    from search.bench import stopper as bench
+    from search.bench import early_stopping as bench
     from search.study.study_file import load_study_file
 
     study = args.study or bench.STUDY

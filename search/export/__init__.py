@@ -22,10 +22,10 @@ ONNX goes through the TorchScript-based exporter (``torch.onnx.export(..., dynam
 TorchScript-based one handles it and needs only the ``onnx`` package.
 """
 
+from search.export.build import ExportResult, export_ensemble, export_model
 from search.export.card import CARD, PREPROCESSING, README, SCORE_CONVENTION, how_to_load, readme
 from search.export.choose import knee_trial, select_members, select_trial, trial_with_checkpoint
 from search.export.errors import ExportError, VerificationError
-from search.export.exports import ExportResult, export_ensemble, export_model
 from search.export.files import (
     FORMATS,
     MEMBERS_DIR,
