@@ -262,7 +262,10 @@ def without_waiting(url: str):
 
 
 class ResilientStorage(BaseStorage, compat.BaseHeartbeat):
-    """An Optuna storage (Optuna's cached RDB storage) whose calls ride out outages as described above."""
+    """An Optuna storage (Optuna's cached RDB storage) whose calls ride out outages as described above.
+
+    Over 120 lines because it is a whole ``BaseStorage``: every method of Optuna's storage interface is forwarded
+    here, each with the rule for its kind of call (read, idempotent write, trial creation, heartbeat)."""
 
     def __init__(self, inner: BaseStorage, outages: Outages, grace_period_s: float | None):
         self._inner, self._outages = inner, outages

@@ -89,6 +89,9 @@ class Trainer:
 
     The learning-rate schedule runs over the whole run; :meth:`reset_optimizer` starts a new optimizer (needed
     when compression replaced the parameters) without restarting the schedule.
+
+    Over 120 lines because the loop, its optimizer and schedule, the weight average and the resumable state share one
+    step counter and one random generator; split apart, each would need the others' state.
     """
 
     def __init__(self, model: nn.Module, data: Splits, config: TrainConfig, teacher: nn.Module | None = None,
