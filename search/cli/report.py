@@ -3,11 +3,8 @@ what stopping saved, what failed), as self-contained HTML or as Markdown. Works 
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
-from search.errors import ConfigError
 from search.study.storage import ENV_STORAGE, load_existing_study
 
 
@@ -26,19 +23,13 @@ def run(args) -> int:
 
     fmt = args.format or ("md" if args.out and args.out.endswith(".md") else "html")
     out = args.out or f"REPORT-{args.study}.{fmt}"
-    if out != "-":
-        folder = Path(out).resolve().parent
-        if not folder.is_dir():
-            raise ConfigError(f"cannot write {out}: the folder {folder} does not exist")
+    report.check_out(out)
     study = load_existing_study(args.storage, args.study)
     built = report.build(study)
     text = report.to_html(built) if fmt == "html" else report.to_markdown(built)
     if out == "-":
         sys.stdout.write(text)
         return 0
-    # written next to its place and renamed: a reader never sees half a page
-    part = Path(out).resolve().with_name(f".{Path(out).name}.{os.getpid()}.part")
-    part.write_text(text)
-    os.replace(part, out)
+    report.write(text, out)
     print(f"wrote {out}", file=sys.stderr)
     return 0

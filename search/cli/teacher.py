@@ -7,7 +7,7 @@ import json
 from search.cli.common import EpochProgress, add_data_arguments, data_overrides, pick_device
 from search.config import from_mapping
 from search.training.data import DataConfig, load_data
-from search.training.teacher import TeacherSpec, load_teacher, train_teacher
+from search.training.teacher import TeacherSpec, cached_or_trained
 
 
 def add_parser(commands) -> None:
@@ -26,16 +26,9 @@ def run(args) -> int:
     spec = from_mapping(TeacherSpec, {"arch": args.arch, "epochs": args.epochs, "seed": args.seed, "lr": args.lr},
                         "teacher")
     data_config = from_mapping(DataConfig, data_overrides(args), "data")
-    path = spec.path(data_config)
-    device = pick_device(args.device)
-    data = load_data(data_config, device)
-    if path.is_file() and not args.force:
-        load_teacher(path, data.num_classes, device)  # fails clearly if the cached file is damaged
-        cached, val = True, None
-    else:
-        with EpochProgress(f"teacher {spec.arch}", spec.epochs) as progress:
-            _, path, val = train_teacher(spec, data_config, data, on_epoch=progress)
-        cached = False
+    data = load_data(data_config, pick_device(args.device))
+    with EpochProgress(f"teacher {spec.arch}", spec.epochs) as progress:
+        path, cached, val = cached_or_trained(spec, data_config, data, args.force, on_epoch=progress)
     out = {"path": str(path), "key": spec.key(data_config), "cached": cached, "val_accuracy": val}
     if args.json:
         print(json.dumps(out))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import html
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.errors import ConfigError
 from search.results.front import front_trials, hypervolume_history
 from search.trial.objectives import Objectives
 from search.trial.record import TrialRecord
@@ -313,3 +316,18 @@ def to_markdown(report: Report) -> str:
     problems = [r for r in report.trials if r["state"] in ("FAIL", "PRUNED")]
     lines += [f"- trial {r['number']}, {_ended(r)}: {r['reason'] or ''}" for r in problems] or ["None."]
     return "\n".join(lines) + "\n"
+
+
+def check_out(out: str) -> None:
+    """Refuse, before the study is read, a file whose folder does not exist ('-' is stdout)."""
+    if out != "-":
+        folder = Path(out).resolve().parent
+        if not folder.is_dir():
+            raise ConfigError(f"cannot write {out}: the folder {folder} does not exist")
+
+
+def write(text: str, out: str) -> None:
+    """Write the page next to its place and rename it: a reader never sees half a page."""
+    part = Path(out).resolve().with_name(f".{Path(out).name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, out)

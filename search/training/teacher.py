@@ -105,6 +105,18 @@ def get_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: 
     return model
 
 
+def cached_or_trained(spec: TeacherSpec, data_config: DataConfig, data: Splits, force: bool = False,
+                      on_epoch: EpochCallback | None = None) -> tuple[Path, bool, float | None]:
+    """The ``teacher`` command's teacher: (its file, whether it came from the cache, its validation accuracy when
+    trained now). A cached file is loaded once, so a damaged one fails here; ``force`` trains again."""
+    path = spec.path(data_config)
+    if path.is_file() and not force:
+        load_teacher(path, data.num_classes, data.device)
+        return path, True, None
+    _, path, val = train_teacher(spec, data_config, data, on_epoch=on_epoch)
+    return path, False, val
+
+
 def get_shared_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, study, artifact_store, lock,
                        on_epoch: EpochCallback | None = None, on_event=None) -> nn.Module:
     """The study's teacher, trained by exactly one of its workers.
