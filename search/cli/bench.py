@@ -180,7 +180,7 @@ def run_recipe(args) -> int:
     from pathlib import Path
 
     from search.bench import recipe as bench
-    from search.bench.table import machine
+    from search.bench.table import append, machine
     from search.errors import ConfigError
     from search.study.study_file import load_study_file
     from search.training.device import pick_device
@@ -211,8 +211,7 @@ def run_recipe(args) -> int:
                           best, records)
     print(text)
     if not args.no_write:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+        append(args.out, "\n" + text)
         say(f"appended to {args.out}")
     return 0
 
@@ -252,13 +251,13 @@ def run_workers(args) -> int:
     for name in ("--workers", "--trials-per-worker"):
         at_least(args, name)
     from search.bench import worker_overhead as bench
+    from search.bench.table import append
 
     rows = bench.run(tuple(args.workers or bench.WORKERS), args.trials_per_worker, tuple(args.storages), args.sampler,
                      say_as("workers"))
     bench.print_table(rows)
     if not args.no_write:
-        with open(args.out, "a") as f:
-            f.write(bench.markdown(rows, args.sampler, command_line()))
+        append(args.out, bench.markdown(rows, args.sampler, command_line()))
         print(f"appended to {args.out}", file=sys.stderr)
     return 0
 
@@ -268,12 +267,12 @@ def run_hand_workers(args) -> int:
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be a number of seconds > 0, got {args.seconds}")
     from search.bench import hand_workers as bench
+    from search.bench.table import append
 
     rows = bench.run(tuple(args.workers or bench.WORKERS), args.seconds, say_as("hand-workers"))
     bench.print_table(rows, args.seconds)
     if not args.no_write:
-        with open(args.out, "a") as f:
-            f.write(bench.markdown(rows, args.seconds, command_line()))
+        append(args.out, bench.markdown(rows, args.seconds, command_line()))
         print(f"appended to {args.out}", file=sys.stderr)
     return 0
 
@@ -281,6 +280,7 @@ def run_hand_workers(args) -> int:
 def run_stopper(args) -> int:
     at_least(args, "--n-trials")
     from search.bench import early_stopping as bench
+    from search.bench.table import append
     from search.study.study_file import load_study_file
 
     study = args.study or bench.STUDY
@@ -288,8 +288,7 @@ def run_stopper(args) -> int:
     result = bench.compare(study, args.n_trials, args.seed)
     bench.print_table(result)
     if not args.no_write:
-        with open(args.out, "a") as f:
-            f.write(bench.markdown(result, command_line()))
+        append(args.out, bench.markdown(result, command_line()))
         print(f"appended to {args.out}", file=sys.stderr)
     return 0
 
