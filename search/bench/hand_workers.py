@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from search.bench.table import pipe_table
 from search.machine import available_cores, cpu_flags, cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,8 +123,6 @@ def markdown(rows: list[dict], seconds: float, command: str) -> str:
         f"{seconds:.0f} s, then killed; trials finished (complete or stopped early) within that time. "
         f"'fair share' is the default (cores // live workers on the host); 'torch default' passes --threads "
         f"{cores} to every worker, which is what a hand-started worker did before.\n",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---:|---|" + "---:|" * (len(COLUMNS) - 2),
-        *("| " + " | ".join(row) + " |" for row in cells(rows)),
+        *pipe_table(COLUMNS, "|---:|---|" + "---:|" * (len(COLUMNS) - 2), cells(rows)),
     ]
     return "\n".join(text) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,11 +63,16 @@ def print_table(title: str, rows: list[Row]) -> None:
     console.print(table)
 
 
+def pipe_table(columns: Sequence[str], align: str, rows: Iterable[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: the header, the alignment row ``align`` (e.g. ``|---|---:|``), one per row."""
+    return ["| " + " | ".join(columns) + " |", align, *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def markdown(title: str, rows: list[Row], machine_line: str, command: str, extra: str = "") -> str:
     lines = [f"\n## {title} ({datetime.date.today().isoformat()})\n",
              f"Machine: {machine_line}. Command: `{command}`.\n",
-             "| " + " | ".join(COLUMNS) + " |", "|---|---:|---|---:|---|---|---|"]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in r.cells()) + " |" for r in rows]
+             *pipe_table(COLUMNS, "|---|---:|---|---:|---|---|---|",
+                         ([c.replace("|", "/") for c in r.cells()] for r in rows))]
     if extra:
         lines.append("\n" + extra.strip() + "\n")
     return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ import optuna
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from search.bench.table import pipe_table
 from search.errors import MicronetError
 from search.machine import available_cores, cpu_model
 
@@ -163,8 +164,6 @@ def markdown(rows: list[dict], sampler: str, command: str) -> str:
         f"under the study lock, stale-trial checks, sampling, the score measurement, storage writes and the "
         f"checkpoint upload. With more workers than cores the processes share the CPU, so every step, "
         f"orchestration included, takes longer.\n",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) - 1),
-        *("| " + " | ".join(row) + " |" for row in cells(rows)),
+        *pipe_table(COLUMNS, "|---|" + "---:|" * (len(COLUMNS) - 1), cells(rows)),
     ]
     return "\n".join(text_) + "\n"

@@ -78,6 +78,17 @@ def command_line() -> str:
     return "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
 
 
+def write(args, text: str, say=None, note: str = "") -> None:
+    """Append ``text`` to ``--out`` (unless ``--no-write``) and say so on stderr."""
+    if args.no_write:
+        return
+
+    from search.bench.table import append
+
+    append(args.out, text)
+    (say or (lambda line: print(line, file=sys.stderr)))(f"appended to {args.out}{note}")
+
+
 def at_least(args, name: str, low: int = 1) -> None:
     value = getattr(args, name.lstrip("-").replace("-", "_"))
     values = value if isinstance(value, list) else [value]
@@ -92,7 +103,7 @@ def run_throughput(args) -> int:
     import torch
 
     from search.bench.suite import FULL, QUICK, run_suite
-    from search.bench.table import append, machine, markdown, print_table
+    from search.bench.table import machine, markdown, print_table
     from search.training.device import pick_device
 
     device = pick_device(args.device or "auto")
@@ -103,11 +114,8 @@ def run_throughput(args) -> int:
     title = "Trial throughput" + (" (quick sizes)" if args.quick else "")
     print_table(f"{title}: {machine(device)}", rows)
     print(f"{minutes:.1f} min", file=sys.stderr)
-    if not args.no_write:
-        command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
-        append(args.out, markdown(title, rows, machine(device), command,
-                                  f"The whole run took {minutes:.1f} min ({torch.get_num_threads()} threads)."))
-        print(f"appended to {args.out}", file=sys.stderr)
+    write(args, markdown(title, rows, machine(device), command_line(),
+                         f"The whole run took {minutes:.1f} min ({torch.get_num_threads()} threads)."))
     return 0
 
 
@@ -122,9 +130,7 @@ def run_search(args) -> int:
     from search.study.study_file import load_study_file
     from search.training.device import pick_device
 
-    def say(text: str) -> None:
-        print(f"bench search: {text}", file=sys.stderr, flush=True)
-
+    say = say_as("search")
     plan = bench.QUICK if args.quick else bench.Plan()
     changes = {k: v for k, v in {"study": args.study, "budget_s": args.budget, "parallel": args.parallel}.items()
                if v is not None}
@@ -163,14 +169,10 @@ def run_search(args) -> int:
     # the plot goes beside the file the table is appended to (into the work folder with --no-write)
     plot_path = work / "search-hv.png" if args.no_write else out.with_name(out.stem + "-search.png")
     plot = bench.plot_curves(records, arms, plan.budget_s, plot_path)
-    command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
-    text = bench.markdown(rows, baseline, plan, arms, audits, machine(pick_device("cpu")), command, minutes,
+    text = bench.markdown(rows, baseline, plan, arms, audits, machine(pick_device("cpu")), command_line(), minutes,
                           plot.name if plot else None)
     print(text)
-    if not args.no_write:
-        with open(out, "a") as f:
-            f.write("\n" + text)
-        say(f"appended to {out}" + (f"; plot in {plot}" if plot else ""))
+    write(args, "\n" + text, say, f"; plot in {plot}" if plot else "")
     return 0
 
 
@@ -180,14 +182,12 @@ def run_recipe(args) -> int:
     from pathlib import Path
 
     from search.bench import recipe as bench
-    from search.bench.table import append, machine
+    from search.bench.table import machine
     from search.errors import ConfigError
     from search.study.study_file import load_study_file
     from search.training.device import pick_device
 
-    def say(text: str) -> None:
-        print(f"bench recipe: {text}", file=sys.stderr, flush=True)
-
+    say = say_as("recipe")
     plan = bench.QUICK if args.quick else bench.Plan()
     changes = {k: v for k, v in {"study": args.study, "parallel": args.parallel}.items() if v is not None}
     if args.seeds is not None:
@@ -206,13 +206,10 @@ def run_recipe(args) -> int:
     start = time.perf_counter()
     records, recipes, best, speeds = bench.run(plan, work, args.data_path, say)
     rows = bench.summarize(records, recipes, speeds)
-    command = "micronet-search bench" + "".join(f" {a}" for a in sys.argv[2:])
-    text = bench.markdown(rows, plan, machine(pick_device("cpu")), command, (time.perf_counter() - start) / 60,
+    text = bench.markdown(rows, plan, machine(pick_device("cpu")), command_line(), (time.perf_counter() - start) / 60,
                           best, records)
     print(text)
-    if not args.no_write:
-        append(args.out, "\n" + text)
-        say(f"appended to {args.out}")
+    write(args, "\n" + text, say)
     return 0
 
 
@@ -227,14 +224,12 @@ def run_train(args) -> int:
     for name in ("--steps", "--batch-size"):
         at_least(args, name)
     at_least(args, "--loader-workers", 0)
-    from search.bench.table import append, machine, markdown, print_table
+    from search.bench.table import machine, markdown, print_table
     from search.bench.train import STEPS, train_rows
 
     rows = train_rows(args.arch, args.steps or STEPS, args.batch_size, args.loader_workers, args.precision)
     print_table(f"{args.arch} training throughput", rows)
-    if not args.no_write:
-        append(args.out, markdown(f"Training throughput: {args.arch}", rows, machine(), command_line()))
-        print(f"appended to {args.out}", file=sys.stderr)
+    write(args, markdown(f"Training throughput: {args.arch}", rows, machine(), command_line()))
     return 0
 
 
@@ -251,14 +246,11 @@ def run_workers(args) -> int:
     for name in ("--workers", "--trials-per-worker"):
         at_least(args, name)
     from search.bench import worker_overhead as bench
-    from search.bench.table import append
 
     rows = bench.run(tuple(args.workers or bench.WORKERS), args.trials_per_worker, tuple(args.storages), args.sampler,
                      say_as("workers"))
     bench.print_table(rows)
-    if not args.no_write:
-        append(args.out, bench.markdown(rows, args.sampler, command_line()))
-        print(f"appended to {args.out}", file=sys.stderr)
+    write(args, bench.markdown(rows, args.sampler, command_line()))
     return 0
 
 
@@ -267,29 +259,23 @@ def run_hand_workers(args) -> int:
     if args.seconds <= 0:
         raise ConfigError(f"--seconds must be a number of seconds > 0, got {args.seconds}")
     from search.bench import hand_workers as bench
-    from search.bench.table import append
 
     rows = bench.run(tuple(args.workers or bench.WORKERS), args.seconds, say_as("hand-workers"))
     bench.print_table(rows, args.seconds)
-    if not args.no_write:
-        append(args.out, bench.markdown(rows, args.seconds, command_line()))
-        print(f"appended to {args.out}", file=sys.stderr)
+    write(args, bench.markdown(rows, args.seconds, command_line()))
     return 0
 
 
 def run_stopper(args) -> int:
     at_least(args, "--n-trials")
     from search.bench import early_stopping as bench
-    from search.bench.table import append
     from search.study.study_file import load_study_file
 
     study = args.study or bench.STUDY
     load_study_file(study)  # a bad study file: one line, before any run
     result = bench.compare(study, args.n_trials, args.seed)
     bench.print_table(result)
-    if not args.no_write:
-        append(args.out, bench.markdown(result, command_line()))
-        print(f"appended to {args.out}", file=sys.stderr)
+    write(args, bench.markdown(result, command_line()))
     return 0
 
 
