@@ -35,7 +35,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def needs_teacher(loaded: LoadedStudy) -> bool:
-    """Whether the space (or an enqueued configuration) can switch distillation on."""
+    """Whether the space (or an enqueued configuration) can switch distillation on with the study's teacher (with
+    ``base:`` the base teaches, unless ``base.teacher`` is ``study``)."""
+    if loaded.config.base is not None and loaded.config.base.teacher == "base":
+        return False
     for spec in loaded.space.params:
         if spec.name == "distillation" and (spec.value is True if spec.fixed else True in (spec.choices or ())):
             return True
@@ -92,7 +95,9 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
                                      on_event=say)
     claim = study_lock(loaded.storage_url, f"{cfg.name}:claim")
     objective = TrialPipeline(loaded, data, teacher, store, cfg.stopper.build(cfg.accuracy_floor), on_epoch=on_epoch,
-                              on_start=claim.release, worker=worker_name())
+                              on_start=claim.release, worker=worker_name(),
+                              on_base_epoch=lambda label, r: say(f"base {label} epoch {r.epoch}/{r.epochs}: "
+                                                                 f"val {r.val_accuracy:.2%}"))
     callbacks = [] if on_trial is None else [lambda study, trial: on_trial(study, trial)]
     deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
     # Optuna's journal storage has no heartbeats: there a dead worker's trial is never marked FAILED

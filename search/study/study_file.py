@@ -25,6 +25,7 @@ from search.space.params import check_value
 from search.space.space import Space, load_space
 from search.study.samplers import ParetoTPESampler, TrialSeededSampler
 from search.study.storage import StorageError, mask, open_storage, resolve_storage
+from search.training.bases import BaseConfig
 from search.training.data import DataConfig
 from search.training.teacher import TeacherSpec
 from search.trial.objectives import DEFAULT as DEFAULT_OBJECTIVES
@@ -132,7 +133,8 @@ class StudyConfig:
     checkpoint_every: int = 1            # epochs between a trial's resume checkpoints; 0: none
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
     storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.study.outage); 0: none
-    reuse_bases: bool = False            # share the dense phase among candidates that differ only in compression
+    base: BaseConfig | None = None       # train once, compress many: candidates are fine-tuned from converged bases
+    reuse_bases: bool = False            # no base: share the dense phase among candidates that differ in compression
     max_trial_seconds: float | None = None  # a trial predicted or projected to train longer is stopped (none)
     objectives: list = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))  # search.trial.objectives, in order
 
@@ -161,11 +163,19 @@ class StudyConfig:
                               f"{self.max_trial_seconds!r}")
         if not isinstance(self.reuse_bases, bool):
             raise ConfigError(f"reuse_bases must be true or false, got {self.reuse_bases!r}")
+        if self.base is not None and self.reuse_bases:
+            raise ConfigError("reuse_bases shares the dense phase of candidates trained from scratch; with base: every "
+                              "candidate starts from a converged base and has no dense phase: drop reuse_bases")
         if not isinstance(self.enqueue, list) or not all(isinstance(e, dict) for e in self.enqueue):
             raise ConfigError("enqueue must be a list of mappings of space parameters")
         if not isinstance(self.objectives, (list, tuple)):
             raise ConfigError(f"objectives must be a list, for example [accuracy, score], got {self.objectives!r}")
         Objectives.parse(self.objectives)  # validates
+
+    @property
+    def candidate_compress_at(self) -> float:
+        """Where a candidate is compressed: at once when it starts from a converged base (``base:``)."""
+        return 0.0 if self.base is not None else self.compress_at
 
     @property
     def objective_list(self) -> Objectives:
@@ -236,8 +246,8 @@ def _find(relative: str, study_file: Path) -> Path:
 
 def candidate_from(values: dict, config: StudyConfig) -> Candidate:
     """Turn sampled space values into a full candidate on top of the study's defaults (search.space.params says where
-    each value lands)."""
-    return space_params.candidate_from(values, config.train, config.compress_at)
+    each value lands). With ``base:`` the candidate is compressed at once: every epoch fine-tunes its base."""
+    return space_params.candidate_from(values, config.train, config.candidate_compress_at)
 
 
 def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:

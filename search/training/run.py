@@ -57,7 +57,8 @@ StateCallback = Callable[[int, Callable[[], dict]], None]
 def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None = None,
                   on_epoch: EpochCallback | None = None, test: bool = False,
                   reference: ScoreReference = ScoreReference(), resume: dict | None = None,
-                  on_state: StateCallback | None = None, known: Footprint | None = None, base=None) -> CandidateResult:
+                  on_state: StateCallback | None = None, known: Footprint | None = None, base=None,
+                  initial: dict | None = None) -> CandidateResult:
     """Train and compress ``candidate`` on ``data``; validation accuracy is the objective.
 
     ``test=True`` also measures test accuracy (verification and the ``train`` command only, never the search).
@@ -67,10 +68,14 @@ def run_candidate(candidate: Candidate, data: Splits, teacher: nn.Module | None 
     depend on the weights), only the non-zero parameters of the trained model are counted.
     ``base``: a :class:`search.bases.Base`; unless resuming, the dense phase comes from it: trained here (and
     stored) by the first trial that needs it, loaded by the others, whose curve then replays its epochs.
+    ``initial``: the weights of a converged base (``base:``; :func:`search.training.bases.train_converged`) the dense
+    model starts from; the candidate (``compress_at`` 0) is compressed at once and every epoch is a fine-tune.
     """
     start = time.perf_counter()
     torch.manual_seed(candidate.train.seed)
     model = candidate.build(data.num_classes).to(data.device)
+    if initial is not None:
+        model.load_state_dict(initial)
     input_size = tuple(data.x_train.shape[1:])  # the MACs of this data's image size
     dense = known.dense if known is not None else measure(model, input_size)
     phase = "dense"

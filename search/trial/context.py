@@ -22,6 +22,7 @@ class TrialContext:
     subject: Subject | None = None
     before: dict[str, float] = field(default_factory=dict)  # the objectives known before training, by name
     costs: tuple[float, ...] | None = None   # ... as the stoppers compare them (each minimized)
+    base: dict | None = None                      # base: the converged base it is fine-tuned from (train_converged)
     bookkeeping_s: float = 0.0                    # seconds in the per-epoch bookkeeping: orchestration, not training
     epochs_trained: int = 0                       # epochs this trial trained itself (not a reused base's) ...
     trained_since: float = 0.0                    # ... since when (perf_counter)

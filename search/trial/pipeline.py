@@ -1,7 +1,8 @@
-"""What one trial does, as a pipeline of steps: sample → refuse twins → cost → decide before training → train with
-stopping → record (:meth:`TrialPipeline.finish`). The steps share one :class:`~search.trial.context.TrialContext`;
-the decisions are in :mod:`search.trial.decisions`, the per-epoch bookkeeping in :mod:`search.trial.epochs`, the
-resume checkpoints in :mod:`search.trial.resume`, the reuse of dense bases in :mod:`search.trial.reuse`."""
+"""What one trial does, as a pipeline of steps: sample → refuse twins → cost → decide before training → start
+from its base (``base:``) → train with stopping → record (:meth:`TrialPipeline.finish`). The steps share one
+:class:`~search.trial.context.TrialContext`; the decisions are in :mod:`search.trial.decisions`, the per-epoch
+bookkeeping in :mod:`search.trial.epochs`, the resume checkpoints in :mod:`search.trial.resume`, the bases in
+:mod:`search.trial.reuse`."""
 
 from __future__ import annotations
 
@@ -24,11 +25,18 @@ from search.training.run import CandidateResult, run_candidate
 from search.training.trainer import NonFiniteLossError
 from search.trial import record
 from search.trial.context import TrialContext
-from search.trial.decisions import dominated_before_training, predicted_too_long, prune, rivals, twin_of
+from search.trial.decisions import (
+    dominated_before_training,
+    no_budget_for_base,
+    predicted_too_long,
+    prune,
+    rivals,
+    twin_of,
+)
 from search.trial.epochs import EpochWatch
 from search.trial.objectives import Objectives, Subject
 from search.trial.resume import ResumeCheckpoints
-from search.trial.reuse import BaseReuse
+from search.trial.reuse import BaseReuse, ConvergedBases
 from search.trial.stopping import EarlyStopper
 
 if TYPE_CHECKING:  # the study runs its trials: the trial reads the loaded study, it does not import the study
@@ -43,7 +51,8 @@ class TrialPipeline:
     ``optuna.TrialPruned``."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
-                 artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None):
+                 artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None,
+                 on_base_epoch=None):
         self.loaded, self.config, self.space = loaded, loaded.config, loaded.space
         self.objectives = loaded.config.objective_list
         self.data, self.teacher, self.artifact_store, self.stopper = data, teacher, artifact_store, stopper
@@ -53,6 +62,10 @@ class TrialPipeline:
         self.current_trial_id: int | None = None
         self.resumes = ResumeCheckpoints(artifact_store)
         self.bases = BaseReuse(loaded, data, teacher, artifact_store)
+        # base: the converged bases candidates are fine-tuned from; on_base_epoch(label, EpochResult): progress
+        self.converged = None if self.config.base is None else ConvergedBases(loaded, data, artifact_store,
+                                                                              on_base_epoch)
+        self.base_teaches = self.config.base is not None and self.config.base.teacher == "base"
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = compat.trial_id(trial)
@@ -80,6 +93,7 @@ class TrialPipeline:
             prune(trial, twin)
         self.cost(run)
         self.decide(run)
+        self.start_from_base(run)
         result = self.train(run)
         return self.finish(run, result)
 
@@ -93,8 +107,8 @@ class TrialPipeline:
         built is pruned."""
         trial, shape = run.trial, tuple(self.data.x_train.shape[1:])
         try:
-            candidate = candidate_from(run.values, self.config.train, self.config.compress_at)
-            if candidate.distillation is not None and self.teacher is None:
+            candidate = candidate_from(run.values, self.config.train, self.config.candidate_compress_at)
+            if candidate.distillation is not None and self.teacher is None and not self.base_teaches:
                 raise ConfigError("distillation sampled but the study has no teacher")
             fp = footprint(candidate, self.data.num_classes, self.config.reference, shape)
             subject = Subject(candidate, fp, self.data.num_classes, shape, device=self.data.device)
@@ -114,12 +128,23 @@ class TrialPipeline:
         )
 
     def decide(self, run: TrialContext) -> None:
-        """Prune, before it trains, a candidate a finished trial dominates or one predicted over the time cap."""
+        """Prune, before it trains, a candidate a finished trial dominates, one predicted over the time cap, or one
+        whose architecture would need a new base past the bases' budget."""
         reason = dominated_before_training(run.trial, self.objectives, self.config.stopper, run.costs) \
             or predicted_too_long(run.trial, self.config.max_trial_seconds, len(self.data.y_train),
                                   run.candidate.train.epochs, run.footprint.dense.macs)
+        if not reason and self.converged is not None:
+            key = self.converged.key(run.candidate)
+            if self.converged.stored(key) is None:
+                reason = no_budget_for_base(run.trial, key, self.config.base, run.footprint.dense.macs,
+                                            self.config.timeout, self.config.n_trials, run.candidate.train.epochs)
         if reason:
             prune(run.trial, reason)
+
+    def start_from_base(self, run: TrialContext) -> None:
+        """With ``base:``, the converged base of the candidate's architecture: loaded, or trained here first."""
+        if self.converged is not None:
+            run.base = self.converged.get(run.trial, run.candidate)
 
     def train(self, run: TrialContext) -> CandidateResult:
         """Train the candidate, from its resume checkpoint or its reused base if it has one; the epoch watch stops it
@@ -130,11 +155,18 @@ class TrialPipeline:
                            save=lambda epoch, state: self.resumes.save(trial, candidate, epoch, state),
                            on_epoch=self.on_epoch)
         resume = self.resumes.load(trial, candidate)
-        base = None if resume is not None else self.bases.base(trial, candidate)  # a resumed run is past its base
+        teacher = self.teacher
+        if run.base is not None:  # fine-tuned from a converged base, which teaches unless the study names a teacher
+            base = None
+            if self.base_teaches and candidate.distillation is not None:
+                teacher = self.converged.teacher(candidate, run.base)
+        else:
+            base = None if resume is not None else self.bases.base(trial, candidate)  # a resumed run is past it
         try:
-            return run_candidate(candidate, self.data, self.teacher, on_epoch=watch.on_epoch,
+            return run_candidate(candidate, self.data, teacher, on_epoch=watch.on_epoch,
                                  reference=self.config.reference, resume=resume, on_state=watch.on_state,
-                                 known=run.footprint, base=base)
+                                 known=run.footprint, base=base,
+                                 initial=None if run.base is None else run.base["model"])
         except NonFiniteLossError as e:
             prune(trial, str(e))
 

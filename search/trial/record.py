@@ -37,10 +37,15 @@ class TrialRecord:
     sample_s: float | None = None
     images_per_s: float | None = None
     sparsity: float | None = None
-    # reuse of the dense phase (search.training.bases)
+    # the base it started from (search.training.bases): a converged base (base:) or a shared dense phase
     base_key: str | None = None
-    base_reused: bool | None = None
-    epochs_saved: int | None = None
+    base_reused: bool | None = None        # loaded, not trained by this trial
+    epochs_saved: int | None = None        # reuse_bases: dense epochs not trained here
+    base_train_s: float | None = None      # base: the base's training seconds, wherever it was trained
+    base_epochs: int | None = None         # ... its epochs
+    base_val_accuracy: float | None = None  # ... and its validation accuracy, before compression
+    base_wait_s: float | None = None       # ... the seconds it waited for another worker training that base
+    predicted_base_s: float | None = None  # a new base refused for the budget: its predicted seconds
     # why it ended early, and cost bounds
     pruned_reason: str | None = None
     predicted_train_s: float | None = None
