@@ -12,7 +12,8 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from search.study.storage import ENV_STORAGE, load_existing_study
+from search.study.final import load_stage
+from search.study.storage import ENV_STORAGE
 
 FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all three)"
 
@@ -40,6 +41,9 @@ def add_parser(commands) -> None:
 def add_common_arguments(p) -> None:
     p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
     p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--stage", choices=("final", "search"), default="final",
+                   help="final (default): the final stage's front once it has a complete trial; search: the search "
+                        "stage's")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty; written atomically)")
     p.add_argument("--format", default="torchscript,onnx,state_dict", help=FORMAT_HELP)
     p.add_argument("--verify", action="store_true",
@@ -64,7 +68,7 @@ def choose_and_export(args, choose, export, title) -> int:
     from search.export import VerificationError, parse_formats
 
     formats = parse_formats(args.format)
-    study = load_existing_study(args.storage, args.study)
+    study = load_stage(args.storage, args.study, args.stage)
     chosen = choose(study)
     try:
         result = export(study, chosen, args.out, formats, force=args.force, verify_export=args.verify,

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import json
 
+from optuna import load_study
 from rich.console import Console
 from rich.table import Table
 
 from search.space.params import columns
-from search.study.storage import ENV_STORAGE, load_existing_study
+from search.study import final
+from search.study.final import load_stage
+from search.study.storage import ENV_STORAGE
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser("front", help="show a study's Pareto front", description=__doc__)
     p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
     p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--stage", choices=("final", "search"), default="final",
+                   help="final (default): the final stage's front once it has a complete trial; search: the search "
+                        "stage's")
     p.add_argument("--json", action="store_true", help="print the front as a JSON list")
     p.add_argument("--plot", metavar="FILE", help="write all trials with the front highlighted (.png or .html)")
     p.add_argument("--min-accuracy", type=float, help="only front members with at least this accuracy")
@@ -27,7 +33,7 @@ def run(args) -> int:
     from search.results.front import front_rows, plot
     from search.trial.objectives import Objectives
 
-    study = load_existing_study(args.storage, args.study)
+    study = load_stage(args.storage, args.study, args.stage)
     if args.plot:
         path = plot(study, args.plot, args.mixed_hardware)
         print(f"wrote {path}")
@@ -35,8 +41,28 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows))
     elif not args.plot:
-        print_front(rows, f"Pareto front of {args.study}", Objectives.of_study(study))
+        print_front(rows, f"{stage_title(study)} of {study.study_name}", Objectives.of_study(study))
+        print_costs(study)
     return 0
+
+
+def stage_title(study) -> str:
+    return "Final front" if study.study_name.endswith(final.SUFFIX) else "Pareto front"
+
+
+def print_costs(study) -> None:
+    """One line: what the bases, the search and the final stage cost (studies with bases or a final stage)."""
+    from search import optuna_compat as compat
+    from search.results.front import describe_costs, stage_costs
+
+    name = study.study_name
+    if name.endswith(final.SUFFIX):
+        search = load_study(study_name=name[:-len(final.SUFFIX)], storage=compat.storage_of(study))
+        costs = stage_costs(search, study)
+    else:
+        costs = stage_costs(study, final.final_study(compat.storage_of(study), name))
+    if costs["bases"] or "final_trials" in costs:
+        print(describe_costs(costs))
 
 
 # the objectives' columns: short titles and formats (others: the metric name and the objective's own format)
@@ -59,7 +85,7 @@ def print_front(rows: list[dict], title: str, objectives=None) -> None:
             str(r["trial"]), *(_f(r[key], fmt) for key, _, fmt in shown), _f(r["measured_score"], ".4f"),
             *(_param(r[p.name], p.column[1]) for p in params),
             _f(r["params"], ","), _f(r["macs"], ","), _f(r["epochs_run"], "d"), _f(r["wall_s"], ".0f"),
-            {True: "reused", False: "trained"}.get(r["base_reused"], "-"),
+            _base(r),
         )
     console = Console()
     if not console.is_terminal:
@@ -67,6 +93,12 @@ def print_front(rows: list[dict], title: str, objectives=None) -> None:
     console.print(table)
     if not rows:
         print("no completed trial yet")
+
+
+def _base(r: dict) -> str:
+    """The base a member started from: whether this trial trained it or loaded it, and its accuracy (base:)."""
+    how = {True: "reused", False: "trained"}.get(r["base_reused"], "-")
+    return how if r.get("base_val_accuracy") is None else f"{how} {r['base_val_accuracy']:.1%}"
 
 
 def _param(value, fmt: str) -> str:

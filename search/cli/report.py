@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from search.study.storage import ENV_STORAGE, load_existing_study
+from search.study.final import load_stage
+from search.study.storage import ENV_STORAGE
 
 
 def add_parser(commands) -> None:
@@ -13,6 +14,9 @@ def add_parser(commands) -> None:
                             description=__doc__)
     p.add_argument("--storage", help=f"storage URL (or set {ENV_STORAGE})")
     p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--stage", choices=("final", "search"), default="final",
+                   help="final (default): the final stage's front once it has a complete trial; search: the search "
+                        "stage's")
     p.add_argument("--out", help="file to write (default: REPORT-<study>.html or .md); '-' prints to stdout")
     p.add_argument("--format", choices=("html", "md"), help="html (default, or from --out's suffix) or md")
     p.set_defaults(handler=run)
@@ -24,7 +28,7 @@ def run(args) -> int:
     fmt = args.format or ("md" if args.out and args.out.endswith(".md") else "html")
     out = args.out or f"REPORT-{args.study}.{fmt}"
     report.check_out(out)
-    study = load_existing_study(args.storage, args.study)
+    study = load_stage(args.storage, args.study, args.stage)
     built = report.build(study)
     text = report.to_html(built) if fmt == "html" else report.to_markdown(built)
     if out == "-":

@@ -7,7 +7,7 @@ import sys
 import time
 
 from search.cli.common import StudyProgress, add_data_path_argument, add_threads_argument, use_threads_argument
-from search.cli.front import print_front
+from search.cli.front import print_costs, print_front, stage_title
 from search.errors import ConfigError
 from search.results.front import front_rows
 from search.study.session import check_data, stop_on_sigterm
@@ -61,9 +61,14 @@ def run(args) -> int:
     else:
         del data  # each worker loads its own
         code = run_workers(args, loaded, study)
-    rows = front_rows(study)
-    print_front(rows, f"Pareto front of {cfg.name} ({len(study.trials)} trials, {time.perf_counter() - start:.0f} s)",
-                Objectives.of_study(study))
+    from search import optuna_compat as compat
+    from search.study.final import final_study
+
+    shown = (final_study(compat.storage_of(study), cfg.name) if cfg.final is not None else None) or study
+    print_front(front_rows(shown), f"{stage_title(shown)} of {cfg.name} ({len(study.trials)} trials"
+                f"{'' if shown is study else f' + {len(shown.trials)} final'}, {time.perf_counter() - start:.0f} s)",
+                Objectives.of_study(shown))
+    print_costs(shown)
     return code
 
 

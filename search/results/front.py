@@ -12,11 +12,11 @@ from search.space.params import columns
 from search.trial.objectives import DEFAULT, Objectives, check_hardware
 from search.trial.record import TrialRecord
 
-__all__ = ["front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row"]
+__all__ = ["front_rows", "front_trials", "hypervolume", "hypervolume_history", "plot", "row", "stage_costs"]
 
 # the columns after the objectives' own (val_accuracy, score, ...: Objectives.metric_names)
 ROW_KEYS = ("trial", "measured_score", "params", "macs", "compressed_params", "compressed_macs", "nonzero_params",
-            *(p.name for p in columns()), "epochs_run", "wall_s", "base_reused")
+            *(p.name for p in columns()), "epochs_run", "wall_s", "base_reused", "base_val_accuracy", "search_trial")
 
 
 def front_trials(study: optuna.Study, mixed_hardware: bool = False) -> list[FrozenTrial]:
@@ -40,6 +40,7 @@ def row(t: FrozenTrial, objectives: Objectives | None = None) -> dict:
         "compressed_params": a.compressed_params, "compressed_macs": a.compressed_macs,
         "nonzero_params": a.nonzero_params, **{p.name: p.read(cand) for p in columns()},
         "epochs_run": a.epochs_run, "wall_s": a.wall_s, "base_reused": a.base_reused,
+        "base_val_accuracy": a.base_val_accuracy, "search_trial": t.user_attrs.get("search_trial"),
         "checkpoint": a.checkpoint_artifact_id,
     })
     return out
@@ -159,3 +160,40 @@ def _plot_html(path, objectives, others, best, history, title):
                              name="hypervolume"), row=1, col=col)
     fig.update_xaxes(title_text="trial", row=1, col=col)
     fig.write_html(str(path), include_plotlyjs=True)
+
+
+def stage_costs(search: optuna.Study, final: optuna.Study | None = None) -> dict:
+    """What each stage cost, in seconds of training summed over workers: the bases trained for the study (a base
+    loaded from an earlier study's store costs nothing here), the search trials' own training, the final stage's;
+    with a final stage, how well the search ranked the finalists (Kendall τ, :func:`search.study.final.kendall_tau`)."""
+    bases: dict[str, float] = {}
+    stages = {}
+    for name, study in (("search", search), ("final", final)):
+        if study is None:
+            continue
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        for t in trials:
+            r = TrialRecord.of(t)
+            if r.base_key and r.base_reused is False and r.base_train_s is not None:
+                bases[r.base_key] = r.base_train_s
+        stages[name] = {"trials": len(trials), "train_s": sum(TrialRecord.of(t).train_s or 0.0 for t in trials)}
+    out = {"bases": len(bases), "base_s": sum(bases.values()), **{f"{k}_{n}": v for k, d in stages.items()
+                                                                  for n, v in d.items()}}
+    if final is not None:
+        from search.study.final import kendall_tau
+
+        out["tau"], out["tau_over"] = kendall_tau(final, search)
+    return out
+
+
+def describe_costs(costs: dict) -> str:
+    """:func:`stage_costs` in one line."""
+    parts = []
+    if costs["bases"]:
+        parts.append(f"bases: {costs['bases']} trained ({costs['base_s']:.0f} s)")
+    parts.append(f"search: {costs['search_trials']} trials ({costs['search_train_s']:.0f} s of training)")
+    if "final_trials" in costs:
+        parts.append(f"final: {costs['final_trials']} members ({costs['final_train_s']:.0f} s)")
+        if costs.get("tau") is not None:
+            parts.append(f"Kendall tau search vs final accuracy {costs['tau']:.2f} over {costs['tau_over']}")
+    return "; ".join(parts)

@@ -261,3 +261,13 @@ def flags(command: str) -> list[Param]:
 def columns() -> list[Param]:
     """The parameters the front table shows, in table order."""
     return [p for p in PARAMETERS.values() if p.column is not None]
+
+
+ARCHITECTURE_KEYS = ("arch", "width", "groups", "depthwise")
+
+
+def architecture_names(names) -> list[str]:
+    """Of the parameter ``names`` a space samples, the ones that choose the dense network (its architecture
+    configuration: what a converged base is trained for), in the order given."""
+    return [n for n in names if n in PARAMETERS and (PARAMETERS[n].place == "arch_options" or (
+        PARAMETERS[n].place == "candidate" and PARAMETERS[n].key in ARCHITECTURE_KEYS))]

@@ -9,6 +9,7 @@ heartbeat marks its trial FAILED and re-queues it, and a waiting worker picks it
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -16,11 +17,14 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 
 import optuna
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
+from search.study import final as final_stage
+from search.study.draw import fixed_architecture
 from search.study.locks import study_lock
 from search.study.storage import artifact_store, retry_callback
 from search.study.study_file import LoadedStudy, open_study
@@ -85,6 +89,7 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
     cfg = loaded.config
     import ptflops  # noqa: F401  (the score's MAC counter takes seconds to import: once here, not in trial 1)
 
+    started = time.monotonic()
     device = pick_device(cfg.device)
     data = load_data(cfg.data, device) if data is None else data.to(device)
     store = artifact_store(artifacts or cfg.artifact_dir)
@@ -94,23 +99,77 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
         teacher = get_shared_teacher(cfg.teacher, cfg.data, data, study, store, lock, on_epoch=on_teacher_epoch,
                                      on_event=say)
     claim = study_lock(loaded.storage_url, f"{cfg.name}:claim")
-    objective = TrialPipeline(loaded, data, teacher, store, cfg.stopper.build(cfg.accuracy_floor), on_epoch=on_epoch,
-                              on_start=claim.release, worker=worker_name(),
-                              on_base_epoch=lambda label, r: say(f"base {label} epoch {r.epoch}/{r.epochs}: "
-                                                                 f"val {r.val_accuracy:.2%}"))
+
+    def pipeline(stage: LoadedStudy) -> TrialPipeline:
+        return TrialPipeline(stage, data, teacher, store, stage.config.stopper.build(stage.config.accuracy_floor),
+                             on_epoch=on_epoch, on_start=claim.release, worker=worker_name(),
+                             on_base_epoch=lambda label, r: say(f"base {label} epoch {r.epoch}/{r.epochs}: "
+                                                                f"val {r.val_accuracy:.2%}"))
+
     callbacks = [] if on_trial is None else [lambda study, trial: on_trial(study, trial)]
-    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    deadline = None if cfg.timeout is None else started + cfg.timeout
+    reserve = None
+    if cfg.final is not None and deadline is not None:
+        def reserve():  # the time the final stage is predicted to take, kept back from the search
+            return final_stage.reserve_seconds(study, cfg.final, _workers(study)) or 0.0
+    _trials(loaded, study, pipeline(loaded), claim, deadline, callbacks, threads, say, reserve,
+            draw=lambda: fixed_architecture(study, loaded))
+    if cfg.final is None:
+        return study
+    with claim:  # the first worker to get here picks the finalists; the others find them queued
+        chosen = final_stage.finalists(study, cfg.final.members)
+        if not chosen:
+            say("final stage: the search front is empty (no complete trial above the accuracy floor): nothing to "
+                "fine-tune")
+            return study
+        stage = replace(loaded, config=cfg.final_stage(len(chosen)))
+        final = open_study(stage)
+        count = final_stage.enqueue_finalists(final, chosen)
+        stage = replace(loaded, config=cfg.final_stage(count))
+    left = "" if deadline is None else f", {max(0.0, deadline - time.monotonic()):.0f} s left"
+    say(f"final stage: fine-tuning {count} front member(s) for {cfg.final.epochs} epochs in study "
+        f"{stage.config.name}{left}")
+    _trials(stage, final, pipeline(stage), claim, deadline, callbacks, threads, say, None)
+    return study
+
+
+def _workers(study: optuna.Study) -> int:
+    """The workers seen in the study: the ones whose trials ran in the last hour (the final stage's sharers)."""
+    now = datetime.datetime.now()
+    return max(1, len({TrialRecord.of(t).worker for t in study.get_trials(deepcopy=False)
+                       if t.datetime_start is not None and (now - t.datetime_start).total_seconds() < 3600}))
+
+
+def _trials(loaded, study, objective, claim, deadline, callbacks, threads, say, reserve, draw=None) -> None:
+    """Run ``loaded``'s trials of ``study`` until it holds ``n_trials`` finished ones or ``deadline`` (monotonic)
+    passes; ``reserve()``, the seconds kept back before the deadline for the final stage; ``draw()``, the
+    parameters to fix for a new trial and why (:func:`search.study.draw.fixed_architecture`)."""
+    cfg = loaded.config
+    told = False
     # Optuna's journal storage has no heartbeats: there a dead worker's trial is never marked FAILED
     heartbeats = bool(cfg.heartbeat.interval) and not loaded.storage_url.startswith("journal:")
     waiting_for = None
-    while deadline is None or time.monotonic() < deadline:
+    while True:
+        if deadline is not None:
+            kept = reserve() if reserve is not None else 0.0
+            if time.monotonic() >= deadline - kept:
+                if kept:
+                    say(f"search stage ends: {kept:.0f} s kept for the final stage")
+                return
         with claim:
             state = _claim_state(study, cfg.n_trials, heartbeats)
             if state == "done":
-                break
+                return
             if state == "go":
                 waiting_for = None
                 threads.update(force=True)
+                if draw is not None and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                    fixed, why = draw()
+                    if fixed:
+                        study.enqueue_trial(fixed)
+                        if not told:
+                            say(f"bases spent ({why}): new trials take a trained base's architecture")
+                            told = True
                 # Ctrl-C can land while Optuna creates and samples the trial, before the objective knows its id:
                 # the trials running before it tell which one is this worker's (no other worker starts one while
                 # this one holds the claim)
@@ -132,7 +191,6 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
             say(f"waiting: the study's other {state} trial(s) are running on other workers")
             waiting_for = state
         time.sleep(_poll_seconds(cfg.heartbeat.interval))
-    return study
 
 
 def _claim_state(study: optuna.Study, n_trials: int | None, heartbeats: bool) -> str | int:

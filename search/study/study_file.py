@@ -23,6 +23,7 @@ from search.errors import ConfigError
 from search.space import params as space_params
 from search.space.params import check_value
 from search.space.space import Space, load_space
+from search.study.final import FinalConfig, final_name
 from search.study.samplers import ParetoTPESampler, TrialSeededSampler
 from search.study.storage import StorageError, mask, open_storage, resolve_storage
 from search.training.bases import BaseConfig
@@ -134,6 +135,7 @@ class StudyConfig:
     checkpoint_min_seconds: float = 30.0  # ... and at least this much training between two: short epochs skip some
     storage_outage_s: float = 300.0      # a database server's outage a worker rides out (search.study.outage); 0: none
     base: BaseConfig | None = None       # train once, compress many: candidates are fine-tuned from converged bases
+    final: FinalConfig | None = None     # the final stage: the search front's members fine-tuned to the end
     reuse_bases: bool = False            # no base: share the dense phase among candidates that differ in compression
     max_trial_seconds: float | None = None  # a trial predicted or projected to train longer is stopped (none)
     objectives: list = field(default_factory=lambda: list(DEFAULT_OBJECTIVES))  # search.trial.objectives, in order
@@ -171,6 +173,15 @@ class StudyConfig:
         if not isinstance(self.objectives, (list, tuple)):
             raise ConfigError(f"objectives must be a list, for example [accuracy, score], got {self.objectives!r}")
         Objectives.parse(self.objectives)  # validates
+
+    def final_stage(self, finalists: int) -> StudyConfig:
+        """The final stage's companion study (:mod:`search.study.final`): this study named ``<name>-final``, trained
+        for ``final.epochs`` with nothing stopping or skipping a finalist, one trial per finalist."""
+        final = self.final
+        train = replace(self.train, epochs=final.epochs, **({"lr": final.lr} if final.lr is not None else {}))
+        return replace(self, name=final_name(self.name), train=train, final=None, enqueue=[],
+                       stopper=StopperConfig(name="none", skip_dominated=False), max_trial_seconds=None,
+                       n_trials=max(1, finalists))
 
     @property
     def candidate_compress_at(self) -> float:

@@ -123,50 +123,66 @@ def rivals(stopper: EarlyStopper, objectives: Objectives, trial) -> list[Finishe
 def no_budget_for_base(trial, key: str, base, macs: int, timeout: float | None, n_trials: int | None,
                        epochs: int) -> str | None:
     """With ``base:`` (``base``: the study's BaseConfig): the reason not to train a new converged base for this
-    candidate, whose base ``key`` is not stored. A base another trial is training now is no new cost (the trial
-    waits for it), the first base is always trained; a new one is refused when
+    candidate, whose base ``key`` is not stored (:func:`base_refusal`); records ``predicted_base_s`` when the time
+    decides. A base another trial is training now is no new cost: the trial waits for it."""
+    bases, workers = trained_bases([t for t in trial.study.get_trials(deepcopy=False) if t.number != trial.number])
+    if key in bases:
+        return None
+    reason, predicted = base_refusal(bases, workers, base, macs, timeout, n_trials, epochs)
+    if reason and predicted is not None:
+        record.write(trial, predicted_base_s=predicted)
+    return reason
+
+
+def trained_bases(trials) -> tuple[dict[str, TrialRecord], int]:
+    """The converged bases the ``trials`` trained or are training (key: the record of the trial that trains it), and
+    how many workers ran them."""
+    bases: dict[str, TrialRecord] = {}
+    workers = set()
+    for t in trials:
+        r = TrialRecord.of(t)
+        if r.worker:
+            workers.add(r.worker)
+        if r.base_key and r.base_reused is False:
+            if r.base_key not in bases or r.base_train_s is not None:
+                bases[r.base_key] = r
+    return bases, max(1, len(workers))
+
+
+def base_refusal(bases: dict[str, TrialRecord], workers: int, base, macs: int, timeout: float | None,
+                 n_trials: int | None, epochs: int) -> tuple[str | None, float | None]:
+    """(the reason a new base of ``macs`` dense MACs is over the bases' budget or None, its predicted seconds when
+    the time decided). The first base is always trained; a new one is refused when
 
     * ``max_bases`` bases are trained or being trained;
     * with a ``timeout``: the bases' training time so far plus this one's (predicted from the seconds per dense MAC
       and epoch of the bases trained so far) would pass ``max_share`` of the workers' time (``timeout`` × workers);
     * with ``n_trials`` and no timeout: the bases' epochs would pass ``max_share`` of all epochs, the candidates'
       (``n_trials`` × ``epochs`` fine-tune epochs) and the bases' together.
-
-    ``macs``: the candidate's dense MACs; ``epochs``: a candidate's fine-tune epochs.
     """
-    bases: dict[str, TrialRecord] = {}
-    workers = set()
-    for t in trial.study.get_trials(deepcopy=False):
-        r = TrialRecord.of(t)
-        if r.worker:
-            workers.add(r.worker)
-        if r.base_key and r.base_reused is False and t.number != trial.number:
-            if r.base_key not in bases or r.base_train_s is not None:
-                bases[r.base_key] = r
-    if key in bases or not bases:
-        return None
+    if not bases:
+        return None, None
     if base.max_bases is not None and len(bases) >= base.max_bases:
-        return f"its architecture has no base, and the study's max_bases ({base.max_bases}) are trained"
+        return f"its architecture has no base, and the study's max_bases ({base.max_bases}) are trained", None
     share = base.max_share
     if timeout is None:
         if n_trials is None or share >= 1:
-            return None
+            return None, None
         most = max(1, int(share / (1 - share) * n_trials * epochs / base.epochs))
         if len(bases) < most:
-            return None
+            return None, None
         return (f"its architecture has no base, and {len(bases)} bases of {base.epochs} epochs are max_share "
-                f"{share:g} of the study's epochs ({n_trials} trials of {epochs})")
+                f"{share:g} of the study's epochs ({n_trials} trials of {epochs})"), None
     rates = [r.base_train_s / (r.dense_macs * r.base_epochs) for r in bases.values()
              if r.base_train_s and r.dense_macs and r.base_epochs]
     if not rates:
-        return None
+        return None, None
     rate = float(np.median(rates))
     spent = sum(r.base_train_s if r.base_train_s is not None else rate * (r.dense_macs or 0) * base.epochs
                 for r in bases.values())
     predicted = rate * macs * base.epochs
-    allowed = share * timeout * max(1, len(workers))
+    allowed = share * timeout * workers
     if spent + predicted <= allowed:
-        return None
-    record.write(trial, predicted_base_s=predicted)
-    return (f"its architecture has no base, and training one (predicted {predicted:.0f} s) would take the bases past "
-            f"max_share {share:g} of the time ({spent:.0f} s spent of {allowed:.0f} s)")
+        return None, None
+    return (f"its architecture has no base, and training one (predicted {predicted:.0f} s) would take the bases "
+            f"past max_share {share:g} of the time ({spent:.0f} s spent of {allowed:.0f} s)"), predicted
