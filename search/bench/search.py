@@ -1,126 +1,120 @@
-"""The search benchmark: does a search strategy find a better front per CPU-hour than random sampling?
+"""The search benchmark: what a user deploys at the end of one whole run, for each way of spending the same budget.
 
-Each arm is the same study (same data, space, training recipe) with a different sampler / stopper / reuse. Every
-(arm, seed) run is a real ``micronet-search run`` process with its own SQLite storage, given the same wall-clock
-budget on one core; runs go ``parallel`` at a time (each pinned to one torch thread), arms interleaved so no arm
-gets the quieter slots. A run is stopped at its budget (SIGTERM: the running trial is dropped); only trials that
-completed within the budget count.
+Every (arm, seed) run is a real ``micronet-search run`` process with its own SQLite storage and artifact folder,
+given the budget as its ``timeout`` on one core; it ends by itself (a study with a final stage keeps back the time the
+stage needs). Runs go ``parallel`` at a time (one torch thread each), arms rotated per seed so no arm gets the
+quieter slots. The arms:
 
-Per arm the table gives the hypervolume of the front of (validation accuracy, score) at 25 / 50 / 100 % of the
-budget (median, min, max over seeds; a fixed reference point), and the time each run needs to reach the
-baseline's final median hypervolume. The audit then trains every trial one stopping run stopped to the end and
-counts those that would have entered that run's final front.
+- **today**: the dev study as shipped before bases (``studies/cifar10-dev-scratch.yaml``): 4-epoch trials from
+  scratch, no final stage;
+- **new-default**: ``studies/cifar10-dev.yaml``: converged bases, candidates fine-tuned from them, the final stage;
+- **random-final**: the same with random sampling (separates the sampler from the design);
+- **hand**: one dense ResNet20 trained for the whole budget with the base recipe (what a user gets without any
+  search): as many epochs as one probe epoch says fit.
 
-Each run leaves ``runs/ARM-sSEED.json`` in the work folder; a run whose file exists is not run again, so an
-interrupted benchmark goes on where it stopped.
+Per run the record holds the deliverable front (the final stage's, else the search's) with its hypervolume of
+(validation accuracy, score), the held-out test accuracy of the member a user would export at score ≤ 0.03 and ≤ 0.01
+(the most accurate on validation within the bound, exported with ``micronet-search export`` and read from its model
+card: the test split is touched only there), candidates evaluated, bases trained, seconds per stage and Kendall τ
+between the finalists' search-stage and final accuracy. Each run leaves ``runs/ARM-sSEED.json`` in the work folder;
+a run whose file exists is not run again, so an interrupted benchmark goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 import yaml
 
-from search.pareto import dominates
 from search.results.front import hypervolume
-from search.trial.objectives import DEFAULT, Objectives
 
-FRACTIONS = (0.25, 0.5, 1.0)
-REFERENCE = (0.10, 0.05)  # (accuracy, score): chance accuracy on 10 classes; a score above every member of the space
-STOPPED_BY_STOPPER = ("epoch ", "rung at epoch", "projected", "predicted")  # reasons the audit re-trains
+REFERENCE = (0.10, 0.25)  # (accuracy, score): chance on 10 classes; above the dense ResNet20 width 1 (0.196)
+BOUNDS = (0.03, 0.01)      # the scores a user allows: the held-out accuracy reported at each
+GRACE = 1.25               # a run still going at GRACE x its budget (plus a minute) is stopped
 
 
 @dataclass(frozen=True)
 class Arm:
     name: str
-    what: str                                   # one line for the table
+    what: str                                      # one line for the table
     overrides: dict = field(default_factory=dict)  # study-file keys replaced for this arm
+    study: str | None = None                       # another study file than the plan's
+    hand: bool = False                             # no study: one ResNet20 trained for the budget
 
 
 ARMS = (
-    Arm("random", "random sampling, no early stopping, no reuse (baseline)",
-        {"sampler": {"name": "random"}, "stopper": {"name": "none", "skip_dominated": False}, "reuse_bases": False}),
-    Arm("tpe-pareto", "TPE + the Pareto stopper as shipped before (warmup 2, min_trials 4, percentile 50)",
-        {"sampler": {"name": "tpe", "n_startup_trials": 10},
-         "stopper": {"name": "pareto", "warmup_epochs": 2, "min_trials": 4, "percentile": 50},
-         "reuse_bases": False}),
-    Arm("new-default", "the study file as shipped (studies/cifar10-dev.yaml)", {}),
+    Arm("today", "the dev study as shipped before this design (studies/cifar10-dev-scratch.yaml): 4-epoch trials "
+        "from scratch, reused dense phases, no final stage", study="studies/cifar10-dev-scratch.yaml"),
+    Arm("new-default", "studies/cifar10-dev.yaml: converged bases, candidates fine-tuned from them, final stage"),
+    Arm("random-final", "the same with random sampling", {"sampler": {"name": "random"}}),
+    Arm("hand", "one dense ResNet20 (width 1) trained for the whole budget with the base recipe", hand=True),
 )
-# Arms that --arms can add, to tell apart what the new default's parts buy (the sampler; the stopper and reuse).
-EXTRA_ARMS = (
-    Arm("random-moasha", "random sampling with the shipped stopper and reuse",
-        {"sampler": {"name": "random"}}),
-    Arm("nsga2-moasha", "NSGA-II (population 10) with the shipped stopper and reuse",
-        {"sampler": {"name": "nsga2", "population_size": 10}}),
-    Arm("gp-moasha", "Optuna's GPSampler (EHVI, 10 start-up trials) with the shipped stopper and reuse",
-        {"sampler": {"name": "gp", "n_startup_trials": 10}}),
-)
-ALL_ARMS = ARMS + EXTRA_ARMS
 
 
 @dataclass(frozen=True)
 class Plan:
     study: str = "studies/cifar10-dev.yaml"
     seeds: tuple[int, ...] = (0, 1, 2)
-    budget_s: float = 1380.0  # 9 runs, 2 at a time: 5 rounds of 23 min, under 2 h
+    budget_s: float = 900.0  # 12 runs, 2 at a time: 6 rounds of 15 min, and the exports, under 2 h
     parallel: int = 2
-    audit_seed: int | None = 0
-    audit_arms: tuple[str, ...] = ("new-default",)  # the stopper the defaults ship; the audit is costly
-    audit_max: int = 60
     quick_data: dict | None = None   # --quick: replaces the data (digits), epochs and budget
     quick_train: dict | None = None
-    min_trials: int = 30             # the baseline's finished trials per run the comparison needs (issue 13)
+    quick_base: dict | None = None
+    quick_final: dict | None = None
 
 
-QUICK = Plan(seeds=(0, 1), budget_s=25.0, audit_max=2, audit_arms=("tpe-pareto", "new-default"), min_trials=0,
+QUICK = Plan(seeds=(0,), budget_s=40.0,
              quick_data={"name": "digits", "subset": 300, "val_fraction": 0.2, "seed": 0},
-             quick_train={"epochs": 3, "batch_size": 64})
+             quick_train={"epochs": 2, "batch_size": 64}, quick_base={"epochs": 2}, quick_final={"epochs": 2})
 
 
-def snapshot(plan: Plan, work: Path) -> dict:
-    """The benchmark study as it was when the benchmark started: copied with its space into the work folder at the
+def snapshot(plan: Plan, arm: Arm, work: Path) -> dict:
+    """The arm's study as it was when the benchmark started: copied with its space into the work folder at the
     first call, read from there at every later one (and by a resumed benchmark), so that editing the study or the
     space while the benchmark runs changes none of its runs."""
-    folder = work / "snapshot"
+    source = Path(arm.study or plan.study)
+    folder = work / "snapshot" / source.stem
     study_path = folder / "study.yaml"
     if not study_path.exists():
-        raw = yaml.safe_load(Path(plan.study).read_text())
-        base = Path(plan.study).resolve().parent
+        raw = yaml.safe_load(source.read_text())
+        base = source.resolve().parent
         folder.mkdir(parents=True, exist_ok=True)
         space = folder / "space.yaml"
         space.write_text(_resolve(raw["space"], base).read_text())
         raw["space"] = str(space)
         if raw.get("data", {}).get("name") == "npz" and "path" in raw["data"]:
             raw["data"]["path"] = str(_resolve(raw["data"]["path"], base))
-        study_path.write_text(f"# copied from {Path(plan.study).resolve()} at {datetime.now():%Y-%m-%d %H:%M}\n"
+        study_path.write_text(f"# copied from {source.resolve()} at {datetime.now():%Y-%m-%d %H:%M}\n"
                               + yaml.safe_dump(raw, sort_keys=False))
     return yaml.safe_load(study_path.read_text())
 
 
 def study_file(plan: Plan, arm: Arm, seed: int, work: Path, data_path: str | None) -> Path:
-    """The arm's study file: the benchmark study (its snapshot) with the arm's overrides, its own storage, seed and
-    budget."""
-    raw = snapshot(plan, work)
+    """The arm's study file: its study (snapshot) with the arm's overrides, its own storage, artifacts, seed and the
+    budget as its timeout."""
+    raw = snapshot(plan, arm, work)
     for key, value in arm.overrides.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and key != "stopper" else value
     if plan.quick_data is not None:
         raw["data"] = plan.quick_data
         raw["train"] = {**raw.get("train", {}), **plan.quick_train}
+        for key, value in (("base", plan.quick_base), ("final", plan.quick_final)):
+            if key in raw:
+                raw[key] = {**raw[key], **value}
     elif data_path is not None:
         raw["data"] = {**raw["data"], "path": str(Path(data_path).resolve())}
     name = f"{arm.name}-s{seed}"
     raw.update(name=name, storage=f"sqlite:///{work / 'db' / name}.db", artifacts=str(work / "artifacts" / name),
-               n_trials=None, timeout=plan.budget_s, enqueue=[])
+               n_trials=None, timeout=plan.budget_s)
     raw["sampler"] = {**raw.get("sampler", {}), "seed": seed}
     path = work / "studies" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,295 +138,240 @@ def schedule(plan: Plan, arms: tuple[Arm, ...]) -> list[tuple[Arm, int]]:
     return out
 
 
-def run_all(plan: Plan, arms: tuple[Arm, ...], work: Path, data_path: str | None, say,
-            audit_runs: tuple[tuple[str, int], ...] = ()) -> list[dict]:
-    """Run every (arm, seed) not run yet, ``plan.parallel`` at a time; return all runs' records.
-
-    The audits of ``audit_runs`` (arm name, seed) are jobs too, one core each: each starts once its run is recorded
-    and a slot is free, so it fills the slot the last runs leave idle instead of running after them."""
+def run_all(plan: Plan, arms: tuple[Arm, ...], work: Path, data_path: str | None, say) -> list[dict]:
+    """Run every (arm, seed) not run yet, ``plan.parallel`` at a time; return all runs' records."""
     (work / "runs").mkdir(parents=True, exist_ok=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    (work / "db").mkdir(parents=True, exist_ok=True)
     todo = [(a, s) for a, s in schedule(plan, arms) if not _record_path(work, a, s).exists()]
-    audits = [(a, s) for a, s in audit_runs if not _audit_path(work, a, s).exists()]
-    running: list[tuple[Arm, int, subprocess.Popen, float, datetime]] = []
-    auditing: list[tuple[str, int, subprocess.Popen]] = []
-    while todo or running or audits or auditing:
-        for item in list(auditing):
-            name, seed, proc = item
-            if proc.poll() is not None:
-                auditing.remove(item)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"the audit of {name} seed {seed} failed (exit code {proc.returncode}); "
-                                       f"see {work / 'logs' / f'audit-{name}-s{seed}.log'}")
-        ready = [(a, s) for a, s in audits if _record_path(work, Arm(a, ""), s).exists()]
-        # runs first: an audit takes a slot only when no run waits for one
-        while ready and not todo and len(running) + len(auditing) < plan.parallel:
-            name, seed = ready.pop(0)
-            audits.remove((name, seed))
-            (work / "logs").mkdir(parents=True, exist_ok=True)
-            log = open(work / "logs" / f"audit-{name}-s{seed}.log", "w")
-            cmd = [sys.executable, "-m", "search.bench.search", "audit", str(work), name, str(seed),
-                   str(plan.audit_max)] + ([data_path] if data_path else [])
-            env = {**os.environ, "MICRONET_THREADS": "1"}
-            auditing.append((name, seed, subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=work)))
-            say(f"started the audit of {name} seed {seed}")
-        if not todo and not running and audits and not ready and not auditing:
-            missing = ", ".join(f"{a} seed {s}" for a, s in audits)
-            raise RuntimeError(f"cannot audit {missing}: no such run in this benchmark")
-        while todo and len(running) + len(auditing) < plan.parallel:
+    running: list[tuple[Arm, int, subprocess.Popen, float]] = []
+    while todo or running:
+        while todo and len(running) < plan.parallel:
             arm, seed = todo.pop(0)
-            path = study_file(plan, arm, seed, work, data_path)
-            for stale in (work / "db" / f"{arm.name}-s{seed}.db",):
-                stale.unlink(missing_ok=True)  # a run cut off earlier starts again from nothing
-            (work / "db").mkdir(parents=True, exist_ok=True)
-            (work / "logs").mkdir(parents=True, exist_ok=True)
             log = open(work / "logs" / f"{arm.name}-s{seed}.log", "w")
             env = {**os.environ, "MICRONET_THREADS": "1", "MICRONET_WORKER_DIR": str(work / "host")}
             env.pop("MICRONET_STORAGE", None)
-            started, wall = time.monotonic(), datetime.now()
-            proc = subprocess.Popen([sys.executable, "-m", "search", "run", str(path)], stdout=log, stderr=log,
-                                    env=env, cwd=work)
-            running.append((arm, seed, proc, started, wall))
+            if arm.hand:
+                path = study_file(plan, ARMS[1], seed, work, data_path)  # the new default's data and recipe
+                cmd = [sys.executable, "-m", "search.bench.search", "hand", str(path), str(seed),
+                       str(plan.budget_s), str(_record_path(work, arm, seed))]
+            else:
+                path = study_file(plan, arm, seed, work, data_path)
+                (work / "db" / f"{arm.name}-s{seed}.db").unlink(missing_ok=True)  # a run cut off earlier: anew
+                cmd = [sys.executable, "-m", "search", "run", str(path)]
+            running.append((arm, seed, subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=work),
+                            time.monotonic()))
             say(f"started {arm.name} seed {seed} ({plan.budget_s:.0f} s)")
         time.sleep(0.5)
         for item in list(running):
-            arm, seed, proc, started, wall = item
-            over = time.monotonic() - started >= plan.budget_s
-            if over and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # the budget is spent: the running trial does not count
+            arm, seed, proc, started = item
+            if proc.poll() is None and time.monotonic() - started > GRACE * plan.budget_s + 60:
+                proc.send_signal(signal.SIGTERM)  # far past its budget: what finished counts, and the overrun shows
                 try:
                     proc.wait(timeout=120)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.poll() is not None:
-                running.remove(item)
-                record = collect(arm, seed, work, wall, plan.budget_s)
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            wall = time.monotonic() - started
+            if arm.hand:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"hand run seed {seed} failed; see {work / 'logs' / f'hand-s{seed}.log'}")
+                record = json.loads(_record_path(work, arm, seed).read_text())
+            else:
+                record = collect(arm, seed, work, data_path, wall, plan.budget_s)
                 _record_path(work, arm, seed).write_text(json.dumps(record))
-                say(f"finished {arm.name} seed {seed}: {record['complete']} complete, {record['stopped']} stopped, "
-                    f"HV {record['hv'][-1]:.4f}")
-                if arm == arms[0] and (warning := too_few_trials(record, plan)):
-                    say(warning)
+            say(f"finished {arm.name} seed {seed} in {wall:.0f} s: HV {record['hv']:.4f}, held-out "
+                + ", ".join(f"<= {b:g}: {_pct(record['held_out'].get(str(b)))}" for b in BOUNDS))
     return [json.loads(_record_path(work, a, s).read_text()) for a, s in schedule(plan, arms)]
 
 
-def too_few_trials(record: dict, plan: Plan) -> str | None:
-    """A warning, as soon as a baseline run ends, when it finished fewer trials than the comparison needs: this
-    machine trains slower than the one the budget was sized on (a CPU without bf16 takes about 2.2× as long), and
-    the hours left would give a table that misses the mark. Names the budget that would reach it."""
-    done = record["complete"] + record["stopped"]
-    if done >= plan.min_trials:
-        return None
-    per_trial = plan.budget_s / max(done, 1)
-    budget = math.ceil(1.15 * plan.min_trials * per_trial / 60) * 60  # 15 % margin: trial costs vary with the draw
-    return (f"warning: baseline {record['arm']} seed {record['seed']} finished {done} trials in "
-            f"{plan.budget_s:.0f} s, under the {plan.min_trials} the comparison needs; on this machine about "
-            f"--budget {budget} would reach it (stop with Ctrl-C and rerun with it, or let this run finish)")
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
 
 
 def _record_path(work: Path, arm: Arm, seed: int) -> Path:
     return work / "runs" / f"{arm.name}-s{seed}.json"
 
 
-def _audit_path(work: Path, arm_name: str, seed: int) -> Path:
-    return work / "runs" / f"audit-{arm_name}-s{seed}.json"
-
-
-def load_audit(work: Path, arm_name: str, seed: int) -> dict:
-    return json.loads(_audit_path(work, arm_name, seed).read_text())
-
-
-def collect(arm: Arm, seed: int, work: Path, wall: datetime, budget_s: float) -> dict:
-    """One run's record: every finished trial with the second (from the run's start) it finished at."""
+def collect(arm: Arm, seed: int, work: Path, data_path: str | None, wall: float, budget_s: float) -> dict:
+    """One run's record: its deliverable front, the held-out accuracy at each bound, what each stage cost."""
     import optuna
     from optuna.trial import TrialState
 
+    from search import optuna_compat as compat
+    from search.results.front import front_trials, stage_costs
+    from search.study.final import final_study
     from search.trial.objectives import Objectives
-    from search.trial.record import TrialRecord
 
     name = f"{arm.name}-s{seed}"
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{work / 'db' / name}.db")
-    objectives = Objectives.of_study(study)  # accuracy, score: the dev study's
-    trials = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or t.datetime_complete is None:
+    url = f"sqlite:///{work / 'db' / name}.db"
+    search = optuna.load_study(study_name=name, storage=url)
+    final = final_study(compat.storage_of(search), name)
+    shown = final or search
+    objectives = Objectives.of_study(shown)
+    front = front_trials(shown)
+    points = [(objectives.accuracy(t), objectives.value(t, "score")) for t in front]
+    held_out, exported = {}, {}
+    for bound in (*BOUNDS, None):  # None: any score, the most accurate member
+        fits = [t for t in front if bound is None or objectives.value(t, "score") <= bound]
+        key = "any" if bound is None else str(bound)
+        if not fits:
+            held_out[key] = None
             continue
-        at = (t.datetime_complete - wall).total_seconds()
-        if at > budget_s:
-            continue
-        a = TrialRecord.of(t)
-        trials.append({
-            "number": t.number, "state": t.state.name, "at_s": at,
-            "values": list(t.values) if t.state == TrialState.COMPLETE else None,
-            "score": objectives.value(t, "score") if t.state == TrialState.COMPLETE else a.score,
-            "epochs_run": len(t.intermediate_values), "pruned_reason": a.pruned_reason,
-            "base_reused": a.base_reused, "epochs_saved": a.epochs_saved or 0,
-            "candidate": a.candidate, "macs": a.dense_macs, "wall_s": a.wall_s,
-        })
-    points = [tuple(t["values"]) for t in trials if t["values"]]
-    hv_at = [hypervolume([tuple(t["values"]) for t in trials if t["values"] and t["at_s"] <= f * budget_s],
-                         REFERENCE[1], REFERENCE[0])
-             for f in FRACTIONS]
-    return {"arm": arm.name, "seed": seed, "budget_s": budget_s, "trials": trials, "hv": hv_at,
-            "complete": len(points), "stopped": sum(t["state"] == "PRUNED" for t in trials),
-            "epochs": sum(t["epochs_run"] - (t["epochs_saved"] or 0) for t in trials),
-            "epochs_saved": sum(t["epochs_saved"] or 0 for t in trials)}
+        best = max(fits, key=lambda t: (objectives.accuracy(t), -t.number))
+        if best.number not in exported:
+            exported[best.number] = export_test_accuracy(url, shown.study_name, best.number,
+                                                         work / "exports" / name, data_path)
+        held_out[key] = exported[best.number]
+    costs = stage_costs(search, final)
+    finished = search.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    return {"arm": arm.name, "seed": seed, "budget_s": budget_s, "wall_s": wall,
+            "front": [{"number": t.number, "accuracy": a, "score": s} for t, (a, s) in zip(front, points, strict=True)],
+            "hv": hypervolume(points, REFERENCE[1], REFERENCE[0]), "held_out": held_out,
+            "candidates": len(finished), "trained": sum(bool(t.intermediate_values) for t in finished), **costs}
 
 
-def hv_curve(record: dict) -> list[tuple[float, float]]:
-    """(second, hypervolume so far) after each completed trial."""
-    points, curve = [], [(0.0, 0.0)]
-    for t in sorted((t for t in record["trials"] if t["values"]), key=lambda t: t["at_s"]):
-        points.append(tuple(t["values"]))
-        curve.append((t["at_s"], hypervolume(points, REFERENCE[1], REFERENCE[0])))
-    return curve
+def export_test_accuracy(url: str, study: str, number: int, out: Path, data_path: str | None) -> float:
+    """The held-out accuracy a user gets: ``micronet-search export`` of that trial, read from its model card."""
+    folder = out / f"trial-{number}"
+    cmd = [sys.executable, "-m", "search", "export", "--storage", url, "--study", study, "--trial", str(number),
+           "--out", str(folder), "--format", "state_dict", "--force"] + (["--data-path", data_path] if data_path
+                                                                            else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MICRONET_THREADS": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"export of {study} trial {number} failed: {done.stderr.strip()[-400:]}")
+    return json.loads((folder / "model_card.json").read_text())["test_accuracy"]
 
 
-def time_to(record: dict, target: float) -> float | None:
-    return next((s for s, hv in hv_curve(record) if hv >= target), None)
-
-
-def audit(record: dict, work: Path, data_path: str | None, audit_max: int, say, threads: int = 1) -> dict:
-    """Train each trial the stopper stopped to the end; count those that would have entered the run's final front.
-
-    A re-trained trial enters the front when no trial completed in the run dominates its (accuracy, score).
-    Cheapest first (by the MACs the trial recorded), so that a cut-off audit has covered the most trials.
-    """
+def hand(study_path: str, seed: int, budget_s: float, out: str) -> dict:
+    """The hand recipe: one dense ResNet20 (width 1) on the study's data with the base recipe, for as many epochs as
+    a probe epoch says fit in the budget; validation and test accuracy, score."""
     import torch
 
-    from search.candidate.candidate import Candidate
+    from search.candidate.candidate import Candidate, footprint
     from search.study.study_file import load_study_file
     from search.training.data import load_data
-    from search.training.run import run_candidate
+    from search.training.trainer import Trainer
 
-    loaded = load_study_file(work / "studies" / f"{record['arm']}-s{record['seed']}.yaml", data_path=data_path)
-    data = load_data(loaded.config.data)
-    torch.set_num_threads(threads)
-    objectives = Objectives.parse(DEFAULT)  # (accuracy, score), as losses for search.pareto
-    front = [objectives.loss(t["values"]) for t in record["trials"] if t["values"]]
-    stopped = [t for t in record["trials"] if t["state"] == "PRUNED" and t["candidate"]
-               and (t["pruned_reason"] or "").startswith(STOPPED_BY_STOPPER)]
-    stopped = sorted(stopped, key=lambda t: t.get("macs") or 0)[:audit_max]
-    rows = []
-    for t in stopped:
-        candidate = Candidate.from_dict(t["candidate"])
-        if candidate.distillation is not None:
-            continue  # the audit has no teacher; the benchmark space samples no distillation
-        result = run_candidate(candidate, data)
-        point = objectives.loss((result.val_accuracy, t["score"]))
-        enters = not any(dominates(p, point) for p in front)
-        rows.append({"number": t["number"], "stopped_at": t["epochs_run"], "reason": t["pruned_reason"],
-                     "final_accuracy": result.val_accuracy,
-                     "score": t["score"], "enters_front": enters})
-        say(f"audit {record['arm']} seed {record['seed']} trial {t['number']}: {result.val_accuracy:.4f} at score "
-            f"{t['score']:.4g}" + (" -> would enter the front" if enters else ""))
-    return {"arm": record["arm"], "seed": record["seed"], "audited": len(rows),
-            "entered": sum(r["enters_front"] for r in rows), "rows": rows}
+    start = time.monotonic()
+    torch.set_num_threads(int(os.environ.get("MICRONET_THREADS", "1")))
+    cfg = load_study_file(study_path).config
+    data = load_data(cfg.data)
+    recipe = replace(cfg.base.recipe(cfg.train) if cfg.base is not None else cfg.train, seed=seed)
+    candidate = Candidate(arch="resnet20", width=1.0, train=recipe)
+    probe = Trainer(candidate.build(data.num_classes), data, recipe)
+    t0 = time.monotonic()
+    probe.run(1)
+    per_epoch = time.monotonic() - t0
+    epochs = max(1, int((budget_s - (time.monotonic() - start)) / (per_epoch * 1.05)))
+    recipe = replace(recipe, epochs=epochs)
+    torch.manual_seed(recipe.seed)
+    model = candidate.build(data.num_classes)
+    trainer = Trainer(model, data, recipe)
+    trainer.run()
+    fp = footprint(candidate, data.num_classes, cfg.reference, tuple(data.x_train.shape[1:]))
+    val, test = trainer.evaluate(data.x_val, data.y_val), trainer.evaluate(data.x_test, data.y_test)
+    score = fp.score.total
+    record = {"arm": "hand", "seed": seed, "budget_s": budget_s, "wall_s": time.monotonic() - start, "epochs": epochs,
+              "front": [{"number": 0, "accuracy": val, "score": score}],
+              "hv": hypervolume([(val, score)], REFERENCE[1], REFERENCE[0]),
+              "held_out": {**{str(b): (test if score <= b else None) for b in BOUNDS}, "any": test},
+              "candidates": 1, "trained": 1, "bases": 0, "base_s": 0.0, "search_trials": 1,
+              "search_train_s": trainer.train_seconds}
+    Path(out).write_text(json.dumps(record))
+    return record
 
 
-def summarize(records: list[dict], arms: tuple[Arm, ...]) -> tuple[list[dict], float]:
-    """Per arm: trials, epochs, hypervolume at each budget fraction, time to the baseline's final median."""
-    by_arm = {a.name: [r for r in records if r["arm"] == a.name] for a in arms}
-    baseline = statistics.median(r["hv"][-1] for r in by_arm[arms[0].name])
+def summarize(records: list[dict], arms: tuple[Arm, ...]) -> list[dict]:
+    """Per arm: medians (and min–max) over seeds."""
     rows = []
     for arm in arms:
-        runs = by_arm[arm.name]
-        row = {"arm": arm.name, "seeds": len(runs),
-               "trials": statistics.median(len(r["trials"]) for r in runs),
-               "complete": statistics.median(r["complete"] for r in runs),
-               "stopped": statistics.median(r["stopped"] for r in runs),
-               "epochs": statistics.median(r["epochs"] for r in runs),
-               "epochs_saved": statistics.median(r["epochs_saved"] for r in runs)}
-        for i, f in enumerate(FRACTIONS):
-            values = [r["hv"][i] for r in runs]
-            row[f"hv{int(f * 100)}"] = (statistics.median(values), min(values), max(values))
-        times = [time_to(r, baseline) for r in runs]
-        reached = [t for t in times if t is not None]
-        # a run that never reached it counts as infinitely slow: the median is then "not reached"
-        ordered = sorted(t if t is not None else math.inf for t in times)
-        median = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else \
-            (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-        row["time_to_baseline"] = (median, len(reached), len(times))
-        rows.append(row)
-    return rows, baseline
+        runs = [r for r in records if r["arm"] == arm.name]
+
+        def spread(values):
+            values = [v for v in values if v is not None]
+            return (statistics.median(values), min(values), max(values), len(values)) if values else None
+
+        rows.append({
+            "arm": arm.name, "seeds": len(runs), "hv": spread([r["hv"] for r in runs]),
+            **{f"held_out_{b}": spread([r["held_out"].get(str(b)) for r in runs]) for b in BOUNDS},
+            "best": spread([r["held_out"].get("any") for r in runs]),
+            "candidates": spread([r["candidates"] for r in runs]), "bases": spread([r["bases"] for r in runs]),
+            "base_s": spread([r["base_s"] for r in runs]), "search_s": spread([r["search_train_s"] for r in runs]),
+            "final_s": spread([r.get("final_train_s") for r in runs]), "wall_s": spread([r["wall_s"] for r in runs]),
+            "tau": spread([r.get("tau") for r in runs]),
+            "front": spread([len(r["front"]) for r in runs]),
+        })
+    return rows
 
 
-def markdown(rows: list[dict], baseline: float, plan: Plan, arms: tuple[Arm, ...], audits: list[dict],
-             machine: str, command: str, minutes: float, plot: str | None) -> str:
-    def hv(t):
-        return f"{t[0]:.4f} ({t[1]:.4f}–{t[2]:.4f})"
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, met or not, from the medians."""
+    by = {r["arm"]: r for r in rows}
 
-    def tt(t):
-        median, reached, n = t
-        pct = f" ({100 * median / plan.budget_s:.0f} %)" if math.isfinite(median) else ""
-        return (f"{median:.0f} s{pct}" if math.isfinite(median) else "not reached") + f", {reached}/{n} runs"
+    def med(arm, key):
+        v = by.get(arm, {}).get(key)
+        return None if v is None else v[0]
 
-    lines = [f"## Search quality: hypervolume per budget, {datetime.now():%Y-%m-%d}", "",
-             f"Machine: {machine}. Command: `{command}`. The whole run took {minutes:.0f} min.",
-             f"Study `{plan.study}`, {len(plan.seeds)} seeds per arm, {plan.budget_s:.0f} s per run on 1 core "
-             f"(torch threads 1), {plan.parallel} runs at a time. Hypervolume of (validation accuracy, score) with "
-             f"reference point accuracy {REFERENCE[0]}, score {REFERENCE[1]}; only trials completed within the budget "
-             f"count. Baseline final median hypervolume: {baseline:.4f}.", "",
-             "| arm | trials | complete | stopped | epochs trained | epochs reused | HV 25 % | HV 50 % | HV 100 % "
-             "| time to baseline's final median |",
-             "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
+    lines = []
+    new, hand_best, today = med("new-default", "held_out_0.03"), med("hand", "best"), med("today", "held_out_0.03")
+    if new is not None and hand_best is not None:
+        ok = new >= hand_best - 0.01
+        lines.append(f"- new-default's held-out accuracy at score ≤ 0.03 ({new:.1%}) within 1 point of the hand "
+                     f"recipe's ({hand_best:.1%}): **{'met' if ok else 'not met'}** ({100 * (new - hand_best):+.1f} "
+                     f"points)")
+    if new is not None:
+        ok = today is not None and new > today + 0.15
+        lines.append(f"- ... more than 15 points above today's ({_pct(today)}): **{'met' if ok else 'not met'}**")
+    hv_new, hv_today, hv_random = med("new-default", "hv"), med("today", "hv"), med("random-final", "hv")
+    if hv_new is not None:
+        ok = all(v is None or hv_new > v for v in (hv_today, hv_random))
+        shown = [("-" if v is None else format(v, ".4f")) for v in (hv_today, hv_random)]
+        lines.append(f"- final-front hypervolume {hv_new:.4f} above today's ({shown[0]}) and random-final's "
+                     f"({shown[1]}): **{'met' if ok else 'not met'}**")
+    tau = med("new-default", "tau")
+    lines.append("- Kendall τ between search-stage and final accuracy ≥ 0.6: "
+                 + ("no finalists pair" if tau is None else f"{tau:.2f}, **{'met' if tau >= 0.6 else 'not met'}**"))
+    return lines
+
+
+def markdown(rows: list[dict], plan: Plan, arms: tuple[Arm, ...], machine: str, command: str,
+             minutes: float) -> str:
+    def cell(v, fmt):
+        if v is None:
+            return "-"
+        median, low, high, n = v
+        text = format(median, fmt)
+        return text if low == high else f"{text} ({format(low, fmt)}–{format(high, fmt)})"
+
+    lines = [f"## Search quality: what a whole run delivers, {datetime.now():%Y-%m-%d}", "",
+             f"Machine: {machine}. Command: `{command}`. The whole benchmark took {minutes:.0f} min.",
+             f"Studies `{plan.study}` and `studies/cifar10-dev-scratch.yaml`, {len(plan.seeds)} seeds per arm, "
+             f"{plan.budget_s:.0f} s per run (its timeout: search and final stage together) on 1 core (torch "
+             f"threads 1), {plan.parallel} runs at a time. Hypervolume of the deliverable front (the final stage's, "
+             f"else the search's) in (validation accuracy, score), reference accuracy {REFERENCE[0]}, score "
+             f"{REFERENCE[1]}. Held-out: test accuracy of the front member with the best validation accuracy within "
+             f"the score bound, exported with `micronet-search export`. Medians over seeds (min–max).", "",
+             "| arm | HV | held-out ≤ 0.03 | held-out ≤ 0.01 | best held-out | front | candidates | bases | base s "
+             "| search s | final s | run s | Kendall τ |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['trials']:g} | {r['complete']:g} | {r['stopped']:g} | {r['epochs']:g} | "
-                     f"{r['epochs_saved']:g} | {hv(r['hv25'])} | {hv(r['hv50'])} | {hv(r['hv100'])} | "
-                     f"{tt(r['time_to_baseline'])} |")
-    lines += ["", "Trials, epochs: medians over seeds. HV: median (min–max) over seeds. Arms:"]
+        lines.append(f"| {r['arm']} | {cell(r['hv'], '.4f')} | {cell(r['held_out_0.03'], '.1%')} | "
+                     f"{cell(r['held_out_0.01'], '.1%')} | {cell(r['best'], '.1%')} | {cell(r['front'], 'g')} | "
+                     f"{cell(r['candidates'], 'g')} | {cell(r['bases'], 'g')} | {cell(r['base_s'], '.0f')} | "
+                     f"{cell(r['search_s'], '.0f')} | {cell(r['final_s'], '.0f')} | {cell(r['wall_s'], '.0f')} | "
+                     f"{cell(r['tau'], '.2f')} |")
+    lines += ["", "Seconds are training seconds summed over the run's trials (bases: their own training); run s is "
+                  "the run's wall time. Arms:"]
     lines += [f"- `{a.name}`: {a.what}" for a in arms]
-    for a in audits:
-        lines += ["", f"Stopper audit ({a['arm']}, seed {a['seed']}): {a['audited']} stopped trials trained to the "
-                      f"end; {a['entered']} would have entered that run's final front."]
-        for r in a["rows"]:
-            if r["enters_front"]:
-                lines.append(f"- trial {r['number']} (stopped after epoch {r['stopped_at']}: {r['reason']}): "
-                             f"final accuracy {r['final_accuracy']:.4f} at score {r['score']:.4g}")
-    if plot:
-        lines += ["", f"![hypervolume against time]({plot})"]
+    lines += ["", "Targets (medians):", *targets(rows)]
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(records: list[dict], arms: tuple[Arm, ...], budget_s: float, path: Path) -> Path | None:
-    """Median hypervolume against time per arm, with the min–max band over seeds."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    grid = [budget_s * i / 100 for i in range(101)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm in arms:
-        curves = [hv_curve(r) for r in records if r["arm"] == arm.name]
-        at = [[max(hv for s, hv in c if s <= t) for t in grid] for c in curves]
-        columns = list(zip(*at, strict=True))
-        minutes = [t / 60 for t in grid]
-        ax.plot(minutes, [statistics.median(c) for c in columns], label=arm.name)
-        ax.fill_between(minutes, [min(c) for c in columns], [max(c) for c in columns], alpha=0.15)
-    ax.set_xlabel("minutes (1 core per run)")
-    ax.set_ylabel("hypervolume (accuracy × score)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _audit_main(argv: list[str]) -> int:
-    """``python -m search.bench.search audit WORK ARM SEED MAX [DATA_PATH]``: one audit, as a job of run_all."""
-    work, arm_name, seed, audit_max = Path(argv[1]), argv[2], int(argv[3]), int(argv[4])
-    data_path = argv[5] if len(argv) > 5 else None
-    record = json.loads(_record_path(work, Arm(arm_name, ""), seed).read_text())
-    result = audit(record, work, data_path, audit_max, lambda text: print(text, flush=True),
-                   threads=int(os.environ.get("MICRONET_THREADS", "1")))
-    _audit_path(work, arm_name, seed).write_text(json.dumps(result))
-    return 0
-
-
 if __name__ == "__main__":
-    if len(sys.argv) < 6 or sys.argv[1] != "audit":
-        sys.exit("usage: python -m search.bench.search audit WORK ARM SEED MAX [DATA_PATH]")
-    sys.exit(_audit_main(sys.argv[1:]))
+    if len(sys.argv) != 6 or sys.argv[1] != "hand":
+        sys.exit("usage: python -m search.bench.search hand STUDY_FILE SEED BUDGET_S OUT_JSON")
+    hand(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
