@@ -1,34 +1,35 @@
-"""``micronet-search bench search --quick``: every arm and seed runs as a real study, the table and the plot are
-written, the audit trains stopped trials to the end, and a second call reuses the recorded runs."""
+"""``micronet-search bench search --quick``: every arm and seed runs as a real whole run (search and final stage),
+the held-out accuracy comes from an export, the table says which targets are met, and a second call reuses the
+recorded runs."""
 
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
-from search.bench.search import ARMS, QUICK, hv_curve, schedule, time_to
+from search.bench.search import ARMS, QUICK, schedule, summarize, targets
 
 
 def test_quick_search_benchmark_runs_records_and_resumes(tmp_path):
     out, work = tmp_path / "B.md", tmp_path / "work"
     cmd = [sys.executable, "-m", "search", "bench", "search", "--quick", "--work", str(work), "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr
     text = out.read_text()
-    assert "## Search quality: hypervolume per budget" in text
+    assert "## Search quality: what a whole run delivers" in text and "Targets (medians):" in text
     for arm in ARMS:
         assert f"| {arm.name} |" in text
-    assert (tmp_path / "B-search.png").stat().st_size > 1000
-    records = {p.name: json.loads(p.read_text()) for p in (work / "runs").glob("*-s*.json")
-               if not p.name.startswith("audit-")}
+    records = {p.name: json.loads(p.read_text()) for p in (work / "runs").glob("*-s*.json")}
     assert sorted(records) == sorted(f"{a.name}-s{s}.json" for a in ARMS for s in QUICK.seeds)
     for r in records.values():
-        assert r["trials"], r  # every run finished trials within its budget
-        assert all(t["at_s"] <= r["budget_s"] for t in r["trials"])
-        assert r["hv"] == sorted(r["hv"])  # hypervolume never falls as the budget grows
-    # the baseline never stops a trial; the arms share the sampler seed per seed but not the sampler
-    assert all(r["stopped"] == 0 for r in records.values() if r["arm"] == "random")
-    assert (work / "runs" / "audit-new-default-s0.json").exists()
+        assert r["front"] and r["candidates"] >= 1, r
+        assert r["wall_s"] < 1.25 * r["budget_s"] + 60  # each run ended by itself, about its timeout
+    hand = records["hand-s0.json"]
+    assert hand["epochs"] >= 1 and hand["held_out"]["any"] is not None
+    new = records["new-default-s0.json"]
+    assert new["bases"] >= 1 and new["base_s"] > 0
+    for r in (new, records["today-s0.json"]):  # the held-out accuracy is the exported model card's
+        exported = [json.loads(p.read_text()) for p in (work / "exports" / f"{r['arm']}-s0").glob("*/model_card.json")]
+        assert r["held_out"]["any"] in {c["test_accuracy"] for c in exported}
     # a second call runs nothing again: the records are reused, the table appended once more
     mtimes = {p: p.stat().st_mtime for p in (work / "runs").iterdir()}
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -38,23 +39,34 @@ def test_quick_search_benchmark_runs_records_and_resumes(tmp_path):
     assert out.read_text().count("## Search quality") == 2
 
 
-def test_time_to_a_hypervolume_and_the_schedule():
-    record = {"trials": [
-        {"at_s": 10.0, "values": [0.5, 0.04]},
-        {"at_s": 20.0, "values": None},
-        {"at_s": 30.0, "values": [0.6, 0.01]},
-    ]}
-    curve = hv_curve(record)
-    assert [s for s, _ in curve] == [0.0, 10.0, 30.0]
-    assert curve[1][1] < curve[2][1]
-    assert time_to(record, curve[1][1]) == 10.0 and time_to(record, curve[2][1]) == 30.0
-    assert time_to(record, 1.0) is None
-    order = schedule(QUICK, ARMS)
-    # each arm takes each position within a seed's group once over three seeds
-    plan = type(QUICK)(seeds=(0, 1, 2))
-    firsts = [schedule(plan, ARMS)[3 * i][0].name for i in range(3)]
+def test_each_arm_takes_each_slot_over_the_seeds():
+    plan = type(QUICK)(seeds=(0, 1, 2, 3))
+    order = schedule(plan, ARMS)
+    assert len(order) == len(ARMS) * 4
+    firsts = [order[len(ARMS) * i][0].name for i in range(4)]
     assert sorted(firsts) == sorted(a.name for a in ARMS)
-    assert len(order) == len(ARMS) * len(QUICK.seeds)
+
+
+def run(arm, hv, low, any_, tau=None):
+    return {"arm": arm, "hv": hv, "held_out": {"0.03": low, "0.01": None, "any": any_}, "front": [{}],
+            "candidates": 10, "bases": 1, "base_s": 1.0, "search_train_s": 1.0, "wall_s": 1.0, "tau": tau}
+
+
+def test_the_targets_are_read_from_the_medians_and_a_miss_says_so():
+    records = [run("today", 0.02, 0.40, 0.40), run("today", 0.03, 0.42, 0.42), run("today", 0.01, 0.38, 0.38),
+               run("new-default", 0.09, 0.755, 0.76, 0.7), run("new-default", 0.08, 0.70, 0.72, 0.5),
+               run("new-default", 0.10, 0.76, 0.77, 0.9),
+               run("random-final", 0.07, 0.70, 0.70), run("hand", 0.05, None, 0.765)]
+    lines = targets(summarize(records, ARMS))
+    assert lines[0].startswith("- new-default's held-out accuracy at score ≤ 0.03 (75.5%) within 1 point of the "
+                               "hand recipe's (76.5%): **met** (-1.0 points)")
+    assert "more than 15 points above today's (40.0%): **met**" in lines[1]
+    assert "final-front hypervolume 0.0900 above today's (0.0200) and random-final's (0.0700): **met**" in lines[2]
+    assert lines[3].endswith("0.70, **met**")
+    records[3]["held_out"]["0.03"] = 0.70  # the median falls to 0.70: 6.5 points short
+    records[-1]["held_out"]["any"] = 0.80
+    lines = targets(summarize(records, ARMS))
+    assert "**not met** (-10.0 points)" in lines[0]
 
 
 def test_bad_bench_arguments_are_one_line(tmp_path):
@@ -64,58 +76,37 @@ def test_bad_bench_arguments_are_one_line(tmp_path):
     assert "unknown arm 'nope'" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_every_arm_writes_a_valid_study_file(tmp_path):
-    from search.bench.search import ALL_ARMS, Plan, study_file
+def test_every_study_arm_writes_a_valid_study_file(tmp_path):
+    from search.bench.search import Plan, study_file
     from search.study.study_file import load_study_file
 
     plan = Plan(seeds=(4,))
-    for arm in ALL_ARMS:
-        loaded = load_study_file(study_file(plan, arm, 4, tmp_path, None))
-        cfg = loaded.config
+    for arm in ARMS:
+        if arm.hand:
+            continue
+        cfg = load_study_file(study_file(plan, arm, 4, tmp_path, None)).config
         assert cfg.sampler.seed == 4 and cfg.timeout == plan.budget_s and cfg.n_trials is None
-        assert cfg.storage.endswith(f"{arm.name}-s4.db")
-        expected = {"random": "random", "tpe-pareto": "tpe", "new-default": "tpe", "random-moasha": "random",
-                    "nsga2-moasha": "nsga2", "gp-moasha": "gp"}[arm.name]
-        assert cfg.sampler.name == expected
-        if arm.name == "random":  # the baseline: no stopping, no reuse
-            assert cfg.stopper.name == "none" and not cfg.stopper.skip_dominated and not cfg.reuse_bases
-        elif arm.name != "tpe-pareto":
-            assert cfg.stopper.name == "moasha" and cfg.reuse_bases
-
-
-def test_arms_must_start_with_the_baseline(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "search", "bench", "search", "--arms", "gp-moasha,random", "--work",
-                        str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "--arms must start with random" in p.stderr and "Traceback" not in p.stderr
+        assert cfg.storage.endswith(f"{arm.name}-s4.db") and cfg.artifacts.endswith(f"{arm.name}-s4")
+        assert cfg.sampler.name == {"today": "tpe", "new-default": "tpe", "random-final": "random"}[arm.name]
+        if arm.name == "today":  # the dev study as it was: from scratch, no final stage
+            assert cfg.base is None and cfg.final is None and cfg.train.epochs == 4 and cfg.reuse_bases
+        else:
+            assert cfg.base is not None and cfg.final is not None
 
 
 def test_runs_read_the_study_as_it_was_when_the_benchmark_started(tmp_path):
-    # an edit of the study or its space while the benchmark runs (seen: a crash at seed 2) changes none of its runs
-    from search.bench.search import ARMS, Plan, study_file
+    # an edit of the study or its space while the benchmark runs changes none of its runs
+    from search.bench.search import Plan, study_file
     from search.study.study_file import load_study_file
 
     (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {choices: [0.25, 0.5]}\n")
     study = tmp_path / "s.yaml"
     study.write_text("name: s\nspace: space.yaml\ndata: {name: digits}\ntrain: {epochs: 3}\n")
     plan, work = Plan(study=str(study), seeds=(0,)), tmp_path / "work"
-    first = load_study_file(study_file(plan, ARMS[0], 0, work, None)).config
+    first = load_study_file(study_file(plan, ARMS[1], 0, work, None)).config
     study.write_text("name: s\nspace: space.yaml\ndata: {name: digits}\ntrain: {epochs: 9}\n")
     (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 1.0}\n")
     later = load_study_file(study_file(plan, ARMS[2], 0, work, None))
     assert first.train.epochs == later.config.train.epochs == 3
     assert next(p for p in later.space.params if p.name == "width").choices == (0.25, 0.5)
-    assert (work / "snapshot" / "study.yaml").read_text().startswith(f"# copied from {study.resolve()}")
-
-
-def test_a_baseline_run_with_too_few_trials_is_flagged_with_the_budget_that_would_do():
-    from search.bench.search import Plan, too_few_trials
-
-    plan = Plan()  # 1380 s per run, 30 trials needed
-    enough = {"arm": "random", "seed": 0, "complete": 28, "stopped": 2}
-    assert too_few_trials(enough, plan) is None
-    # 13 trials in 1380 s (measured on a float32-only CPU): 106 s a trial, 30 of them with 15 % margin, in minutes
-    warning = too_few_trials({"arm": "random", "seed": 0, "complete": 13, "stopped": 0}, plan)
-    assert "finished 13 trials in 1380 s, under the 30" in warning and "--budget 3720" in warning
-    assert too_few_trials({"arm": "random", "seed": 0, "complete": 0, "stopped": 0}, plan) is not None
-    assert too_few_trials({"arm": "random", "seed": 0, "complete": 1, "stopped": 0}, replace(plan, min_trials=0)) \
-        is None  # --quick asks for no minimum
+    assert (work / "snapshot" / "s" / "study.yaml").read_text().startswith(f"# copied from {study.resolve()}")

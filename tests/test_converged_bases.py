@@ -303,3 +303,35 @@ n_trials: 3
     assert b_first.user_attrs["worker"] != a_trial.user_attrs["worker"]
     assert b_first.user_attrs["base_wait_s"] >= held  # it waited on A's lock, then loaded A's base
     assert len(list((tmp_path / "artifacts").glob("base-*"))) == 1
+
+
+def test_once_the_bases_are_spent_new_trials_take_the_least_used_trained_base(tmp_path):
+    from types import SimpleNamespace
+
+    from optuna.distributions import CategoricalDistribution
+
+    from search.space.space import load_space
+    from search.study.draw import fixed_architecture
+
+    (tmp_path / "space.yaml").write_text(SPACE)  # width 0.25 or 0.5, ps, distillation
+    loaded = SimpleNamespace(config=StudyConfig(name="s", base=BaseConfig(max_bases=2), n_trials=None),
+                             space=load_space(tmp_path / "space.yaml"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dists = {"width": CategoricalDistribution([0.25, 0.5]), "ps": FloatDistribution(0, 1)}
+
+    def add(width, ps, key, reused, state=TrialState.COMPLETE):
+        study.add_trial(create_trial(state=state, values=[0.5, 0.1] if state == TrialState.COMPLETE else None,
+                                     params={"width": width, "ps": ps}, distributions=dists,
+                                     user_attrs={"base_key": key, "base_reused": reused, "base_train_s": 1.0,
+                                                 "dense_macs": 10**6, "base_epochs": 30}))
+
+    add(0.5, 0.1, "b05", False)
+    assert fixed_architecture(study, loaded) == (None, None)  # one base of two: a new one may come
+    add(0.25, 0.2, "b025", False)
+    add(0.25, 0.3, "b025", True)
+    fixed, why = fixed_architecture(study, loaded)
+    assert fixed == {"width": 0.5} and why == "the study's max_bases (2) are trained"  # b05 has fewer trials
+    add(0.5, 0.4, "b05", True, TrialState.PRUNED)  # a stopped trial is a use too
+    assert fixed_architecture(study, loaded)[0] == {"width": 0.5}  # tied at 2 each: the base trained first
+    add(0.5, 0.5, "b05", True)
+    assert fixed_architecture(study, loaded)[0] == {"width": 0.25}

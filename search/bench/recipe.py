@@ -65,7 +65,7 @@ CONFIGS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class Plan:
-    study: str = "studies/cifar10-dev.yaml"
+    study: str = "studies/cifar10-dev-scratch.yaml"  # a from-scratch recipe (cifar10-dev.yaml's train: fine-tunes)
     epochs: int = 20
     seeds: tuple[int, ...] = (0, 1, 2)
     parallel: int = 2

@@ -36,8 +36,9 @@ def add_parser(commands) -> None:
     p.add_argument("--budget", type=float, help="search: seconds per run, its timeout (default 900)")
     p.add_argument("--parallel", type=int, help="search, recipe: runs at a time, one core each (default 2)")
     p.add_argument("--arms", help="search: comma-separated arms to run (default: today,new-default,random-final,hand)")
-    p.add_argument("--study", help="search: the study whose arms run; recipe: whose data and train config are used "
-                                   "(default studies/cifar10-dev.yaml); stopper: the study both arms run (default "
+    p.add_argument("--study", help="search: the study whose arms run (default studies/cifar10-dev.yaml); recipe: "
+                                   "whose data and train config are used (default studies/cifar10-dev-scratch.yaml); "
+                                   "stopper: the study both arms run (default "
                                    "studies/quickstart.yaml)")
     p.add_argument("--data-path", help="search, recipe: the .npz file (default: the study file's)")
     p.add_argument("--work", help="search, recipe: folder for the runs' records (default studies/bench-search"
