@@ -154,6 +154,13 @@ def test_run_ends_with_the_final_front_and_the_reading_commands_use_it(tmp_path)
     assert {r["trial"] for r in searched} == {t.number for t in search.best_trials}
     assert all(r["search_trial"] is None for r in searched)
 
+    # the report shows both fronts side by side and how well the search ranked the finalists
+    report = cli("report", "--storage", url, "--study", "fin", "--out", "-", "--format", "md").stdout
+    assert report.startswith("# Study fin-final") and "## Search and final stage" in report
+    assert "Kendall's τ between the finalists' search-stage and final validation accuracy" in report
+    for t in finals:
+        assert f"| {t.number} | {t.user_attrs['search_trial']} | {t.values[0]:.4f} |" in report
+
     # export --trial takes the number front --json shows; by default the final front's
     member = front[-1]
     out = tmp_path / "export"

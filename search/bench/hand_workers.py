@@ -30,14 +30,14 @@ from search.bench.table import pipe_table
 from search.machine import available_cores, cpu_flags, cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
-STUDY = ROOT / "studies" / "quickstart.yaml"
+STUDY = ROOT / "studies" / "quickstart-scratch.yaml"  # trials from scratch: what it measured
 WORKERS = (1, 2, 4)
 COLUMNS = ("workers", "threads", "threads seen in trials", "trials finished", "epochs run", "trials/min",
            "epochs/min", "vs 1 worker")
 
 
 def run_arm(workers: int, threads: int | None, seconds: float, tmp: Path, cache: Path, study: Path = STUDY,
-            study_name: str = "quickstart") -> dict:
+            study_name: str = "quickstart-scratch") -> dict:
     """``workers`` workers on ``study`` in a fresh SQLite file for ``seconds``, then killed: what finished."""
     storage = f"sqlite:///{tmp / 'study.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("MICRONET_THREADS", "OMP_NUM_THREADS")}
@@ -119,7 +119,7 @@ def markdown(rows: list[dict], seconds: float, command: str) -> str:
     text = [
         f"\n## Hand-started workers: study throughput ({datetime.date.today().isoformat()})\n",
         f"Machine: {cpu_model()} ({bf16} AVX512-BF16), {cores} cores. Command: `{command}`. N `micronet-search worker "
-        f"studies/quickstart.yaml` processes started by hand on one SQLite study, each configuration for "
+        f"studies/quickstart-scratch.yaml` processes started by hand on one SQLite study, each configuration for "
         f"{seconds:.0f} s, then killed; trials finished (complete or stopped early) within that time. "
         f"'fair share' is the default (cores // live workers on the host); 'torch default' passes --threads "
         f"{cores} to every worker, which is what a hand-started worker did before.\n",

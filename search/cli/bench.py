@@ -39,7 +39,7 @@ def add_parser(commands) -> None:
     p.add_argument("--study", help="search: the study whose arms run (default studies/cifar10-dev.yaml); recipe: "
                                    "whose data and train config are used (default studies/cifar10-dev-scratch.yaml); "
                                    "stopper: the study both arms run (default "
-                                   "studies/quickstart.yaml)")
+                                   "studies/quickstart-scratch.yaml)")
     p.add_argument("--data-path", help="search, recipe: the .npz file (default: the study file's)")
     p.add_argument("--work", help="search, recipe: folder for the runs' records (default studies/bench-search"
                                   "[-quick] or studies/bench-recipe[-quick]); runs recorded there are not run again")

@@ -44,6 +44,7 @@ class Report:
     epochs_run: int = 0
     epochs_reused: int = 0
     objectives: list[dict] = field(default_factory=list)  # name, label, fmt of each, in the order of the values
+    stages: dict | None = None         # with a final stage: both fronts, Kendall's tau, the cost per stage
 
     def index(self, name: str) -> int:
         return next(i for i, o in enumerate(self.objectives) if o["name"] == name)
@@ -74,7 +75,45 @@ def build(study: optuna.Study) -> Report:
         epochs_reused=sum(r["epochs_reused"] for r in finished),
     )
     report.importance, report.importance_note = importances(study)
+    report.stages = stages(study)
     return report
+
+
+def stages(study: optuna.Study) -> dict | None:
+    """With a final stage (``study`` the search study or its ``<name>-final`` companion): each stage's front as
+    (trial, accuracy, score, search trial) rows, how well the search ranked the finalists (Kendall's τ) and what each
+    stage cost (:func:`search.results.front.stage_costs`). None without one."""
+    from search import optuna_compat as compat
+    from search.results.front import describe_costs, stage_costs
+    from search.study.final import SUFFIX, final_study
+
+    storage, name = compat.storage_of(study), study.study_name
+    if name.endswith(SUFFIX):
+        try:
+            search, final = optuna.load_study(study_name=name[:-len(SUFFIX)], storage=storage), study
+        except KeyError:  # a study that is merely named so
+            return None
+    else:
+        search, final = study, final_study(storage, name)
+    if final is None:
+        return None
+    objectives = Objectives.of_study(search)
+
+    def rows(s):
+        return [{"trial": t.number, "accuracy": objectives.accuracy(t), "score": objectives.first_cost(t),
+                 "search_trial": t.user_attrs.get("search_trial")} for t in front_trials(s)]
+
+    costs = stage_costs(search, final)
+    return {"search": rows(search), "final": rows(final), "tau": costs.get("tau"), "tau_over": costs.get("tau_over"),
+            "costs": describe_costs(costs), "cost_label": objectives.cost_objectives[0].name}
+
+
+def _tau_text(stages: dict) -> str:
+    if stages["tau"] is None:
+        return (f"Kendall's τ between the finalists' search-stage and final validation accuracy: not defined "
+                f"({stages['tau_over']} finalist(s) paired).")
+    return (f"Kendall's τ between the finalists' search-stage and final validation accuracy: {stages['tau']:.2f} over "
+            f"{stages['tau_over']} finalists (1: the search ranked them as the final stage did).")
 
 
 def importances(study: optuna.Study) -> tuple[dict[str, dict[str, float]], str | None]:
@@ -151,7 +190,7 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 td.l,th.l{{text-align:left}}.grid{{display:grid;grid-template-columns:1fr 1fr;gap:12px}}</style></head><body>
 <h1>Study {html.escape(report.study)}</h1>
 <p id="summary">{summary}. Report made {report.made}.</p>
-<h2>Pareto front</h2>{divs['front']}
+<h2>Pareto front</h2>{divs['front']}{_stages_html(report)}
 <h2>How the front grew</h2>{divs['hypervolume']}
 <h2>Learning curves</h2>{divs['curves']}
 <h2>Which parameters matter</h2><p>fANOVA importance over the completed trials, for each objective separately.</p>
@@ -247,6 +286,28 @@ def _savings_text(report: Report) -> str:
             f"reused dense phases, and early stopping or refusal saved {saved} ({saved / req:.0%}).")
 
 
+def _stages_html(report: Report) -> str:
+    st = report.stages
+    if st is None:
+        return ""
+
+    def table(rows, title, table_id):
+        final = table_id == "final-front"
+
+        def origin(r):
+            return f"<td>{'' if r['search_trial'] is None else r['search_trial']}</td>" if final else ""
+
+        body = "".join(f"<tr><td>{r['trial']}</td>{origin(r)}<td>{r['accuracy']:.4f}</td><td>{r['score']:.4g}</td>"
+                       f"</tr>" for r in rows)
+        head = "<th>search trial</th>" if final else ""
+        return (f"<div><h3>{title}</h3><table id='{table_id}'><tr><th>trial</th>{head}<th>accuracy</th>"
+                f"<th>{html.escape(st['cost_label'])}</th></tr>{body}</table></div>")
+
+    return (f"<h2>Search and final stage</h2><div class='grid'>{table(st['search'], 'Search front', 'search-front')}"
+            f"{table(st['final'], 'Final front', 'final-front')}</div><p id='tau'>{html.escape(_tau_text(st))}</p>"
+            f"<p id='stage-costs'>{html.escape(st['costs'])}</p>")
+
+
 def _problems_table(report: Report) -> str:
     rows = [r for r in report.trials if r["state"] in ("FAIL", "PRUNED")]
     if not rows:
@@ -304,6 +365,18 @@ def to_markdown(report: Report) -> str:
                      f"{'' if r['wall_s'] is None else format(r['wall_s'], '.0f')} | {r['candidate']} |")
     if report.hypervolume:
         lines += ["", f"Hypervolume after trial {report.hypervolume[-1][0]}: {report.hypervolume[-1][1]:.5g}."]
+    if report.stages is not None:
+        st = report.stages
+        lines += ["", "## Search and final stage", "", "| search front: trial | accuracy | "
+                  f"{st['cost_label']} | final front: trial | from search trial | accuracy | {st['cost_label']} |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for i in range(max(len(st["search"]), len(st["final"]))):
+            a = st["search"][i] if i < len(st["search"]) else None
+            b = st["final"][i] if i < len(st["final"]) else None
+            left = f"{a['trial']} | {a['accuracy']:.4f} | {a['score']:.4g}" if a else " | | "
+            right = f"{b['trial']} | {b['search_trial']} | {b['accuracy']:.4f} | {b['score']:.4g}" if b else " | | | "
+            lines.append(f"| {left} | {right} |")
+        lines += ["", _tau_text(st), "", st["costs"]]
     lines += ["", "## Which parameters matter", ""]
     if report.importance:
         for objective, imp in report.importance.items():
