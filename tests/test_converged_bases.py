@@ -326,12 +326,41 @@ def test_once_the_bases_are_spent_new_trials_take_the_least_used_trained_base(tm
                                                  "dense_macs": 10**6, "base_epochs": 30}))
 
     add(0.5, 0.1, "b05", False)
-    assert fixed_architecture(study, loaded) == (None, None)  # one base of two: a new one may come
+    assert fixed_architecture(study, loaded, 10, (3, 32, 32)) == (None, None)  # one base of two: a new one may come
     add(0.25, 0.2, "b025", False)
     add(0.25, 0.3, "b025", True)
-    fixed, why = fixed_architecture(study, loaded)
+    fixed, why = fixed_architecture(study, loaded, 10, (3, 32, 32))
     assert fixed == {"width": 0.5} and why == "the study's max_bases (2) are trained"  # b05 has fewer trials
     add(0.5, 0.4, "b05", True, TrialState.PRUNED)  # a stopped trial is a use too
-    assert fixed_architecture(study, loaded)[0] == {"width": 0.5}  # tied at 2 each: the base trained first
+    # tied at 2 each: the base trained first
+    assert fixed_architecture(study, loaded, 10, (3, 32, 32))[0] == {"width": 0.5}
     add(0.5, 0.5, "b05", True)
-    assert fixed_architecture(study, loaded)[0] == {"width": 0.25}
+    assert fixed_architecture(study, loaded, 10, (3, 32, 32))[0] == {"width": 0.25}
+
+
+def test_the_bases_are_spent_only_when_no_architecture_without_a_base_fits(tmp_path, monkeypatch):
+    """One base of 100 s took the time share but for 60 s: an architecture whose base is predicted under 60 s still
+    fits, so the sampler draws freely; once none does, trials take the trained base's architecture."""
+    from types import SimpleNamespace
+
+    from optuna.distributions import CategoricalDistribution
+
+    from search.space.space import load_space
+    from search.study import draw
+
+    (tmp_path / "space.yaml").write_text(SPACE)
+    loaded = SimpleNamespace(config=StudyConfig(name="s", base=BaseConfig(epochs=30, max_share=0.5), timeout=320.0),
+                             space=load_space(tmp_path / "space.yaml"))
+    macs = {0.25: 10**6, 0.5: 4 * 10**6}
+    monkeypatch.setattr(draw, "_dense_macs", lambda values, cfg, n, size: macs[values["width"]])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dists = {"width": CategoricalDistribution([0.25, 0.5]), "ps": FloatDistribution(0, 1)}
+    study.add_trial(create_trial(values=[0.5, 0.1], params={"width": 0.5, "ps": 0.1}, distributions=dists,
+                                 user_attrs={"base_key": "b05", "base_reused": False, "base_train_s": 100.0,
+                                             "dense_macs": 4 * 10**6, "base_epochs": 30, "worker": "w"}))
+    # 160 s allowed, 100 spent: width 0.25's base is predicted at 25 s (a quarter of the MACs), it fits
+    assert draw.fixed_architecture(study, loaded, 10, (3, 32, 32)) == (None, None)
+    loaded.config = StudyConfig(name="s", base=BaseConfig(epochs=30, max_share=0.5), timeout=240.0)
+    # 120 s allowed: 100 + 25 is over; no architecture without a base fits
+    fixed, why = draw.fixed_architecture(study, loaded, 10, (3, 32, 32))
+    assert fixed == {"width": 0.5} and "max_share 0.5 of the time (100 s spent of 120 s)" in why

@@ -70,6 +70,28 @@ class Space:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    def combinations(self, names: list[str]) -> list[dict] | None:
+        """Every combination of the parameters ``names`` the space can sample (each one's fixed value, choices or
+        stepped range, with ``when:`` conditions on the ones before it), in the space's order; None when one of
+        them is continuous."""
+        out: list[dict] = [{}]
+        for spec in self.params:
+            if spec.name not in names:
+                continue
+            if spec.fixed:
+                values = [spec.value]
+            elif spec.choices is not None:
+                values = list(spec.choices)
+            elif spec.step is not None:
+                count = int(round((spec.high - spec.low) / spec.step))
+                values = [spec.low + i * spec.step for i in range(count + 1)]
+                values = [int(v) if spec.integer else round(v, 10) for v in values]
+            else:
+                return None
+            out = [with_value for c in out
+                   for with_value in ([{**c, spec.name: v} for v in values] if spec.active(c) else [c])]
+        return out
+
     def sample(self, trial: optuna.Trial) -> dict:
         """Suggest every active parameter through ``trial``; returns the sampled values by name."""
         values: dict = {}

@@ -113,7 +113,7 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
         def reserve():  # the time the final stage is predicted to take, kept back from the search
             return final_stage.reserve_seconds(study, cfg.final, _workers(study)) or 0.0
     _trials(loaded, study, pipeline(loaded), claim, deadline, callbacks, threads, say, reserve,
-            draw=lambda: fixed_architecture(study, loaded))
+            draw=lambda: fixed_architecture(study, loaded, data.num_classes, tuple(data.x_train.shape[1:])))
     if cfg.final is None:
         return study
     with claim:  # the first worker to get here picks the finalists; the others find them queued
