@@ -186,3 +186,25 @@ def test_a_storage_url_of_an_unknown_kind_names_the_forms_that_work(tmp_path, ur
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert needle in r.stderr and "s3cret" not in r.stderr
     assert not list(tmp_path.glob("**/*.db"))
+
+
+def test_the_architecture_combinations_follow_the_conditions_and_stop_at_a_continuous_one(tmp_path):
+    from search.space.params import architecture_names
+
+    space = parse_space({"params": {
+        "arch": {"choices": ["resnet20", "densenet"]},
+        "width": {"low": 0.5, "high": 1.0, "step": 0.5, "when": {"arch": "resnet20"}},
+        "groups": {"choices": [1, 3]},
+        "depthwise": {"value": False},
+        "growth_rate": {"choices": [8, 12], "when": {"arch": "densenet"}},
+        "ps": {"low": 0.0, "high": 0.5},
+    }})
+    names = architecture_names(space.names())
+    assert names == ["arch", "width", "groups", "depthwise", "growth_rate"]  # not ps: the compression
+    combos = space.combinations(names)
+    assert len(combos) == 2 * 2 + 2 * 2
+    assert {"arch": "resnet20", "width": 1.0, "groups": 3, "depthwise": False} in combos
+    assert {"arch": "densenet", "groups": 1, "depthwise": False, "growth_rate": 12} in combos
+    assert all(("width" in c) == (c["arch"] == "resnet20") for c in combos)
+    continuous = parse_space({"params": {"arch": {"value": "resnet20"}, "width": {"low": 0.25, "high": 1.0}}})
+    assert continuous.combinations(["arch", "width"]) is None
