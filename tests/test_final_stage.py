@@ -160,6 +160,8 @@ def test_run_ends_with_the_final_front_and_the_reading_commands_use_it(tmp_path)
     assert "Kendall's τ between the finalists' search-stage and final validation accuracy" in report
     for t in finals:
         assert f"| {t.number} | {t.user_attrs['search_trial']} | {t.values[0]:.4f} |" in report
+    assert "Bases: 1 trained for this study" in cli("report", "--storage", url, "--study", "fin", "--stage", "search",
+                                                    "--out", "-", "--format", "md").stdout
 
     # export --trial takes the number front --json shows; by default the final front's
     member = front[-1]

@@ -45,6 +45,7 @@ class Report:
     epochs_reused: int = 0
     objectives: list[dict] = field(default_factory=list)  # name, label, fmt of each, in the order of the values
     stages: dict | None = None         # with a final stage: both fronts, Kendall's tau, the cost per stage
+    base_cost: str | None = None       # with bases: what they cost, apart from the trials' own training
 
     def index(self, name: str) -> int:
         return next(i for i, o in enumerate(self.objectives) if o["name"] == name)
@@ -76,6 +77,7 @@ def build(study: optuna.Study) -> Report:
     )
     report.importance, report.importance_note = importances(study)
     report.stages = stages(study)
+    report.base_cost = _base_cost(study)
     return report
 
 
@@ -106,6 +108,17 @@ def stages(study: optuna.Study) -> dict | None:
     costs = stage_costs(search, final)
     return {"search": rows(search), "final": rows(final), "tau": costs.get("tau"), "tau_over": costs.get("tau_over"),
             "costs": describe_costs(costs), "cost_label": objectives.cost_objectives[0].name}
+
+
+def _base_cost(study: optuna.Study) -> str | None:
+    """The bases this study's trials trained and their seconds, when there are any."""
+    from search.results.front import stage_costs
+
+    costs = stage_costs(study)
+    if not costs["bases"]:
+        return None
+    return (f"Bases: {costs['bases']} trained for this study ({costs['base_s']:.0f} s), recorded apart from the "
+            f"trials' own training ({costs['search_train_s']:.0f} s).")
 
 
 def _tau_text(stages: dict) -> str:
@@ -282,8 +295,9 @@ def _savings_text(report: Report) -> str:
     if not req:
         return "No finished trial yet."
     saved = req - run - reused
-    return (f"The finished trials asked for {req} epochs; they trained {run} ({run / req:.0%}), took {reused} from "
+    text = (f"The finished trials asked for {req} epochs; they trained {run} ({run / req:.0%}), took {reused} from "
             f"reused dense phases, and early stopping or refusal saved {saved} ({saved / req:.0%}).")
+    return text if report.base_cost is None else f"{text} {report.base_cost}"
 
 
 def _stages_html(report: Report) -> str:
