@@ -184,5 +184,8 @@ def base_refusal(bases: dict[str, TrialRecord], workers: int, base, macs: int, t
     allowed = share * timeout * workers
     if spent + predicted <= allowed:
         return None, None
+    if not predicted:
+        return (f"its architecture has no base, and the bases took max_share {share:g} of the time ({spent:.0f} s "
+                f"spent of {allowed:.0f} s)"), None
     return (f"its architecture has no base, and training one (predicted {predicted:.0f} s) would take the bases "
             f"past max_share {share:g} of the time ({spent:.0f} s spent of {allowed:.0f} s)"), predicted
