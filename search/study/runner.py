@@ -137,7 +137,8 @@ def _workers(study: optuna.Study) -> int:
     """The workers seen in the study: the ones whose trials ran in the last hour (the final stage's sharers)."""
     now = datetime.datetime.now()
     return max(1, len({TrialRecord.of(t).worker for t in study.get_trials(deepcopy=False)
-                       if t.datetime_start is not None and (now - t.datetime_start).total_seconds() < 3600}))
+                       if t.datetime_start is not None and (now - t.datetime_start).total_seconds() < 3600}
+                      - {None}))
 
 
 def _trials(loaded, study, objective, claim, deadline, callbacks, threads, say, reserve, draw=None) -> None:
