@@ -85,14 +85,24 @@ def check_url(url: str) -> None:
                        + f"; use {', '.join(URL_FORMS)}")
 
 
+SECRET_QUERY_KEYS = ("pass", "secret", "token", "key", "auth", "credential")  # ?password=, ?sslpassword=, ...
+
+
+def _secret_query_key(key: str) -> bool:
+    return any(word in key.lower() for word in SECRET_QUERY_KEYS)
+
+
 def mask(url: str) -> str:
-    """The URL with its password replaced by ***."""
+    """The URL with its password and every secret-looking query value (``?password=``, ``?sslpassword=``,
+    ``?token=``, ...) replaced by ***."""
     if url.startswith("journal:") or "://" not in url:
         return url
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
+        query = {k: ("***" if _secret_query_key(k) else v) for k, v in u.query.items()}
+        return u.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     except Exception:
         return url.split("://", 1)[0] + "://***"
 
@@ -222,14 +232,19 @@ def _url_parts(url: str) -> dict:
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` with the URL's password replaced by ***, wherever a driver repeated it."""
+    """``text`` with the URL's password and secret query values replaced by ***, wherever a driver repeated them."""
     try:
         from sqlalchemy.engine import make_url
 
-        password = make_url(url).password
+        u = make_url(url)
+        secrets = [u.password] + [v for k, v in u.query.items() if _secret_query_key(k)]
     except Exception:
-        password = None
-    return text.replace(str(password), "***") if password else text
+        secrets = []
+    for secret in secrets:
+        for value in (secret if isinstance(secret, tuple) else (secret,)):
+            if value:
+                text = text.replace(str(value), "***")
+    return text
 
 
 def _reason(e: Exception) -> str:

@@ -297,11 +297,19 @@ def open_study(loaded: LoadedStudy, create: bool = True) -> optuna.Study:
         study.set_metric_names(objectives.metric_names)  # axis names in the dashboard and plots
     study.set_user_attr("micronet_objectives", objectives.to_list())  # readers rebuild them (Objectives.of_study)
     study.set_user_attr("micronet_fingerprint", fingerprint)
-    study.set_user_attr("micronet_config", json.loads(json.dumps(to_mapping(cfg), default=str)))
+    study.set_user_attr("micronet_config", stored_config(cfg))
     study.set_user_attr("artifact_dir", str(cfg.artifact_dir.resolve()))
     for params in cfg.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
     return study
+
+
+def stored_config(cfg: StudyConfig) -> dict:
+    """The study file's configuration as the study keeps it (``micronet_config``), without the storage URL: the
+    dashboard and every reader of the database would see its password, and the study lives in that storage anyway."""
+    stored = json.loads(json.dumps(to_mapping(cfg), default=str))
+    stored.pop("storage", None)
+    return stored
 
 
 def _check_compatible(loaded: LoadedStudy, summary, fingerprint: str) -> None:
