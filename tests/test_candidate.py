@@ -130,7 +130,7 @@ def test_candidate_round_trips_through_a_dict():
 @pytest.mark.parametrize("data,fragment", [
     ({"arhc": "resnet20"}, "unknown key 'arhc'"),
     ({"compression": {"ps": 0.7, "pu": 0.5}}, "candidate.compression: ps + pu must be below 1"),
-    ({"train": {"epochs": 0}}, "epochs must be an integer >= 1"),
+    ({"train": {"epochs": 0}}, "epochs must be an integer from 1 to 10000"),
     ({"compress_at": 1.0}, "compress_at must be in [0, 1)"),
 ])
 def test_bad_candidate_dicts(data, fragment):

@@ -39,8 +39,8 @@ def test_the_base_recipe_is_the_training_recipe_with_the_bases_epochs_lr_and_sch
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"epochs": 0}, "base epochs must be an integer >= 1, got 0"),
-    ({"epochs": True}, "base epochs must be an integer >= 1, got True"),
+    ({"epochs": 0}, "base epochs must be an integer from 1 to 10000, got 0"),
+    ({"epochs": True}, "base epochs must be an integer from 1 to 10000, got True"),
     ({"lr": -1}, "base lr must be a number > 0, got -1"),
     ({"schedule": "step"}, "base schedule must be one of onecycle, cosine, got 'step'"),
     ({"teacher": "mine"}, "base teacher must be one of base, study, got 'mine'"),

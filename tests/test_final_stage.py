@@ -32,7 +32,7 @@ def study_of(points, **attrs):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"epochs": 0}, "final epochs must be an integer >= 1, got 0"),
+    ({"epochs": 0}, "final epochs must be an integer from 1 to 10000, got 0"),
     ({"members": 0}, "final members must be an integer >= 1, got 0"),
     ({"lr": 0}, r"final lr must be a number > 0 \(or null: the study's\), got 0"),
     ({"margin": -0.1}, "final margin must be a number >= 0, got -0.1"),

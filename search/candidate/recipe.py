@@ -12,6 +12,7 @@ from search.errors import ConfigError
 from search.training.data import Augmentation
 
 SCHEDULES = ("onecycle", "cosine")
+MAX_EPOCHS = 10_000  # far past any schedule here (seed 000 trained 200); 10^9 is a typo that would run for years
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 where the device computes it natively (see native_bf16)
 
@@ -43,10 +44,12 @@ class TrainConfig:
     #                                    two passes per image, so the score counts twice the MACs
 
     def __post_init__(self):
-        _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and self.epochs >= 1,
-               f"epochs must be an integer >= 1, got {self.epochs!r}")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-               f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        _check(isinstance(self.epochs, int) and not isinstance(self.epochs, bool) and 1 <= self.epochs <= MAX_EPOCHS,
+               f"epochs must be an integer from 1 to {MAX_EPOCHS}, got {self.epochs!r}")
+        for key in ("batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                   f"{key} must be an integer >= 1, got {value!r}")
         _check(number(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
         _check(number(self.momentum) and 0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}")
         _check(number(self.weight_decay) and self.weight_decay >= 0,

@@ -41,9 +41,30 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows))
     elif not args.plot:
-        print_front(rows, f"{stage_title(study)} of {study.study_name}", Objectives.of_study(study))
+        print_front(rows, f"{stage_title(study)} of {study.study_name}", Objectives.of_study(study), empty=None)
+        if not rows:
+            print(why_empty(study, args.min_accuracy))
         print_costs(study)
     return 0
+
+
+def why_empty(study, min_accuracy: float | None) -> str:
+    """Why a front shows no member: no completed trial, none above the accuracy floor, or none above --min-accuracy;
+    with the best accuracy reached."""
+    from optuna.trial import TrialState
+
+    from search.trial.objectives import Objectives
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return "no completed trial yet"
+    objectives = Objectives.of_study(study)
+    best = max(done, key=lambda t: (objectives.accuracy(t), -t.number))
+    reached = f"the best accuracy reached is {objectives.accuracy(best):.4f} (trial {best.number})"
+    floor = (study.user_attrs.get("micronet_config") or {}).get("accuracy_floor")
+    if min_accuracy is None and floor is not None:
+        return f"none of the {len(done)} completed trials meets the accuracy floor {floor:g}; {reached}"
+    return f"no front member has accuracy >= {min_accuracy:g}; {reached}"
 
 
 def stage_title(study) -> str:
@@ -70,7 +91,7 @@ COLUMNS = {"accuracy": ("val acc", ".2%"), "score": ("score", ".4f"), "micronet2
            "latency": ("ms", ".3f")}
 
 
-def print_front(rows: list[dict], title: str, objectives=None) -> None:
+def print_front(rows: list[dict], title: str, objectives=None, empty: str | None = "no completed trial yet") -> None:
     from search.trial.objectives import Objectives
 
     objectives = objectives or Objectives.parse(None)
@@ -91,8 +112,8 @@ def print_front(rows: list[dict], title: str, objectives=None) -> None:
     if not console.is_terminal:
         console = Console(width=200)  # a file or pipe: don't squeeze the columns into 80
     console.print(table)
-    if not rows:
-        print("no completed trial yet")
+    if not rows and empty:
+        print(empty)
 
 
 def _base(r: dict) -> str:

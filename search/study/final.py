@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search import optuna_compat as compat
+from search.candidate.recipe import MAX_EPOCHS
 from search.config import number
 from search.errors import ConfigError
 from search.pareto import rank_order
@@ -39,8 +40,8 @@ class FinalConfig:
     margin: float = 0.15
 
     def __post_init__(self):
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"final epochs must be an integer >= 1, got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError(f"final epochs must be an integer from 1 to {MAX_EPOCHS}, got {self.epochs!r}")
         if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
             raise ConfigError(f"final members must be an integer >= 1, got {self.members!r}")
         if self.lr is not None and (not number(self.lr) or self.lr <= 0):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from search.candidate.candidate import Candidate
-from search.candidate.recipe import SCHEDULES, TrainConfig
+from search.candidate.recipe import MAX_EPOCHS, SCHEDULES, TrainConfig
 from search.config import number
 from search.errors import ConfigError
 from search.training.data import DataConfig, Splits
@@ -64,8 +64,8 @@ class BaseConfig:
     max_bases: int | None = None
 
     def __post_init__(self):
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"base epochs must be an integer >= 1, got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError(f"base epochs must be an integer from 1 to {MAX_EPOCHS}, got {self.epochs!r}")
         if not number(self.lr) or self.lr <= 0:
             raise ConfigError(f"base lr must be a number > 0, got {self.lr!r}")
         if self.schedule not in SCHEDULES:

@@ -35,6 +35,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("MICRONET_DATA", Path.home() / ".cache" / "micronet-search" / "data"))
 
 
+MAX_CLASSES = 10_000  # labels 0..C-1: a label past this is a corrupt file, not a 10^9-output head
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset to load and how to split it.
@@ -68,6 +71,12 @@ class DataConfig:
         if self.name == "folder" and not self.path:
             raise DataError("the folder dataset needs a path: --data-path DIR (or path: in the study file), a folder "
                             "of class folders, or one with train/ and test/ class folders")
+        for key in ("synthetic_size", "synthetic_classes"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise DataError(f"{key} must be an integer >= 2, got {value!r}")
+        if self.synthetic_classes > MAX_CLASSES:
+            raise DataError(f"synthetic_classes must be at most {MAX_CLASSES}, got {self.synthetic_classes!r}")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) \
                 or not IMAGE_SIZES[0] <= self.image_size <= IMAGE_SIZES[1]:
             raise DataError(f"image_size must be an integer from {IMAGE_SIZES[0]} to {IMAGE_SIZES[1]} (pixels, "
@@ -364,11 +373,16 @@ def _check_arrays(config, x_train, y_train, x_test, y_test):
             raise DataError(f"{where}: y_{name} has shape {y.shape}; expected ({len(x)},), one label per image")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{where}: y_{name} has dtype {y.dtype}; expected integer class labels")
-        if len(y) and y.min() < 0:
+        if len(y) and int(y.min()) < 0:
             raise DataError(f"{where}: y_{name} has negative labels; expected classes 0..C-1")
+        if len(y) and int(y.max()) >= MAX_CLASSES:  # as a Python int: a uint64 label would wrap in int64
+            raise DataError(f"{where}: y_{name} has label {int(y.max())}; expected classes 0..C-1 with C at most "
+                            f"{MAX_CLASSES} (the model gets one output per class)")
         if len(x) == 0:
             raise DataError(f"{where}: x_{name} is empty")
         out += [x, y.astype(np.int64)]
+    if len(np.unique(out[1])) < 2:
+        raise DataError(f"{where}: y_train holds one class ({int(out[1][0])}); a classifier needs at least 2")
     return out
 
 

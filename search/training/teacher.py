@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from search import __version__
-from search.candidate.recipe import TrainConfig
-from search.errors import MicronetError
+from search.candidate.recipe import MAX_EPOCHS, TrainConfig
+from search.errors import ConfigError, MicronetError
 from search.models import build_model
 from search.training.data import DataConfig, Splits
 from search.training.trainer import EpochCallback, Trainer
@@ -37,6 +37,14 @@ class TeacherSpec:
     seed: int = 0
     width: float = 1.0
     lr: float = 0.1
+
+    def __post_init__(self):
+        from search.models import list_models
+
+        if self.arch not in list_models():  # also what keeps its cache file inside the cache: no "../" in a name
+            raise ConfigError(f"teacher arch must be one of {', '.join(list_models())}, got {self.arch!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= MAX_EPOCHS:
+            raise ConfigError(f"teacher epochs must be an integer from 1 to {MAX_EPOCHS}, got {self.epochs!r}")
 
     def key(self, data: DataConfig) -> str:
         width = "" if self.width == 1.0 else f"-w{self.width:g}"

@@ -1,0 +1,89 @@
+"""Inputs that could never train are refused with one line naming what is wrong: labels, classes, epochs, batch
+sizes, synthetic sizes, the teacher's architecture."""
+
+import numpy as np
+import pytest
+
+from search.candidate.recipe import TrainConfig
+from search.errors import ConfigError, MicronetError
+from search.training.data import DataConfig, DataError, load_data
+from search.training.teacher import TeacherSpec
+
+
+def npz(tmp_path, y_train, y_test=None, dtype=np.int64):
+    n = len(y_train)
+    path = tmp_path / "d.npz"
+    y_test = y_train[:4] if y_test is None else y_test
+    np.savez(path, x_train=np.zeros((n, 32, 32, 3), np.uint8), y_train=np.asarray(y_train, dtype),
+             x_test=np.zeros((len(y_test), 32, 32, 3), np.uint8), y_test=np.asarray(y_test, dtype))
+    return DataConfig(name="npz", path=str(path), val_fraction=0.25)
+
+
+def test_an_absurd_label_is_refused_not_turned_into_a_huge_head(tmp_path):
+    with pytest.raises(DataError, match=r"y_train has label 1000000000; expected classes 0..C-1 with C at most 10000"):
+        load_data(npz(tmp_path, [0, 1, 2, 10**9] * 2))
+
+
+def test_uint64_labels_that_would_wrap_to_negative_are_refused(tmp_path):
+    with pytest.raises(DataError, match="y_train has label 18446744073709551615"):
+        load_data(npz(tmp_path, [0, 1, 2, 2**64 - 1] * 2, dtype=np.uint64))
+
+
+def test_plain_uint_labels_load(tmp_path):
+    data = load_data(npz(tmp_path, [0, 1, 2, 3] * 4, dtype=np.uint8))
+    assert data.num_classes == 4 and str(data.y_train.dtype) == "torch.int64"
+
+
+def test_one_class_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"y_train holds one class \(3\); a classifier needs at least 2"):
+        load_data(npz(tmp_path, [3] * 8))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 1_000_000_000}, "epochs must be an integer from 1 to 10000, got 1000000000"),
+    ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
+    ({"eval_batch_size": 0}, "eval_batch_size must be an integer >= 1, got 0"),
+])
+def test_training_numbers_that_cannot_run_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"synthetic_size": 0}, "synthetic_size must be an integer >= 2, got 0"),
+    ({"synthetic_classes": 1}, "synthetic_classes must be an integer >= 2, got 1"),
+    ({"synthetic_classes": 10**9}, "synthetic_classes must be at most 10000"),
+])
+def test_synthetic_sizes_that_cannot_train_are_refused(options, message):
+    with pytest.raises(DataError, match=message):
+        DataConfig(name="synthetic", **options)
+
+
+@pytest.mark.parametrize("arch", ["../../etc/x", "resnet99", ""])
+def test_a_teacher_arch_must_be_a_registered_model(arch):
+    # a name with ../ would put its cache file outside the cache
+    with pytest.raises(ConfigError, match="teacher arch must be one of"):
+        TeacherSpec(arch=arch)
+    assert issubclass(ConfigError, MicronetError)
+
+
+def test_an_empty_front_says_why_and_the_best_accuracy_reached():
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from search.cli.front import why_empty
+    from search.results.front import front_rows
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("micronet_config", {"accuracy_floor": 0.9})
+    assert why_empty(study, None) == "no completed trial yet"
+    for i, acc in enumerate((0.41, 0.63, 0.52, 0.60)):  # all under the floor: infeasible, off the front
+        study.add_trial(create_trial(values=[acc, 0.01 * (i + 1)], params={"ps": i / 10},
+                                     distributions={"ps": FloatDistribution(0, 1)},
+                                     system_attrs={"constraints": (0.9 - acc,)}))
+    assert front_rows(study) == []
+    assert why_empty(study, None) == ("none of the 4 completed trials meets the accuracy floor 0.9; the best accuracy "
+                                      "reached is 0.6300 (trial 1)")
+    assert why_empty(study, 0.95) == ("no front member has accuracy >= 0.95; the best accuracy reached is 0.6300 "
+                                      "(trial 1)")
