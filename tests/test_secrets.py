@@ -41,3 +41,50 @@ def test_the_study_keeps_no_storage_url(tmp_path):
     storage = compat.storage_of(study)
     stored = repr(study.user_attrs) + repr(storage.get_study_system_attrs(storage.get_study_id_from_name("s")))
     assert "hunter2" not in stored and "x9" not in stored and "storage" not in study.user_attrs["micronet_config"]
+
+
+@pytest.mark.parametrize("artifact_id", ["victim", "base-0123456789abcdef0123", "resume-../../victim",
+                                         "resume-" + "0" * 31, 7])
+def test_a_resume_pointer_set_by_someone_else_deletes_and_loads_nothing(tmp_path, artifact_id):
+    """The resume pointer is a user attribute the dashboard and enqueue_trial can write: only an id of the form
+    resume checkpoints have is ever loaded or removed."""
+    import io
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from search.candidate.candidate import Candidate
+    from search.trial.resume import ResumeCheckpoints
+
+    store = FileSystemArtifactStore(str(tmp_path))
+    for name in ("victim", "base-0123456789abcdef0123", "resume-" + "0" * 31):
+        store.write(name, io.BytesIO(b"someone else's"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial({}, user_attrs={"resume": {"artifact_id": artifact_id, "epoch": 1}})
+    trial = study.ask()
+    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), "failed_trial", 0)  # a retry: it would resume
+    checkpoints = ResumeCheckpoints(store)
+    assert checkpoints.load(trial, Candidate()) is None
+    assert "names no resume checkpoint" in trial.user_attrs["resume_error"]
+    checkpoints.drop(trial)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["victim", "base-0123456789abcdef0123",
+                                                                 "resume-" + "0" * 31])
+    assert trial.user_attrs["resume"] is None
+
+
+def test_a_trials_own_resume_checkpoint_is_still_replaced_and_dropped(tmp_path):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from search.candidate.candidate import Candidate
+    from search.trial.resume import RESUME_ID, ResumeCheckpoints
+
+    checkpoints = ResumeCheckpoints(FileSystemArtifactStore(str(tmp_path)))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    checkpoints.save(trial, Candidate(), 1, {"epoch": 1})
+    first = trial.user_attrs["resume"]["artifact_id"]
+    assert RESUME_ID.fullmatch(first) and [p.name for p in tmp_path.iterdir()] == [first]
+    checkpoints.save(trial, Candidate(), 2, {"epoch": 2})
+    second = trial.user_attrs["resume"]["artifact_id"]
+    assert [p.name for p in tmp_path.iterdir()] == [second]  # the previous one removed
+    checkpoints.drop(trial)
+    assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ pointed at by its record (``resume``). A retry of the trial (a dead or interrupt
 from __future__ import annotations
 
 import io
+import re
 import uuid
 
 import torch
@@ -12,6 +13,16 @@ from search import optuna_compat as compat
 from search.candidate.candidate import Candidate
 from search.trial import record
 from search.trial.record import TrialRecord
+
+RESUME_ID = re.compile(r"resume-[0-9a-f]{32}")  # what save() writes; a trial attribute anyone can edit is checked
+
+
+def resume_id(pointer) -> str | None:
+    """The artifact id of a resume pointer when it is one ``save`` wrote, else None. The pointer is a trial user
+    attribute: the dashboard (no login) and ``enqueue_trial(user_attrs=...)`` can set it to another trial's checkpoint,
+    a base or a path, and loading or deleting it blindly would follow them."""
+    artifact_id = pointer.get("artifact_id") if isinstance(pointer, dict) else None
+    return artifact_id if isinstance(artifact_id, str) and RESUME_ID.fullmatch(artifact_id) else None
 
 
 class ResumeCheckpoints:
@@ -26,18 +37,22 @@ class ResumeCheckpoints:
         buffer.seek(0)
         artifact_id = f"resume-{uuid.uuid4().hex}"
         self.artifact_store.write(artifact_id, buffer)
-        previous = TrialRecord.of(trial).resume
+        previous = resume_id(TrialRecord.of(trial).resume)
         record.write(trial, resume={"artifact_id": artifact_id, "epoch": epoch})
         if previous:
-            self._remove(previous["artifact_id"])
+            self._remove(previous)
 
     def load(self, trial, candidate: Candidate) -> dict | None:
         """The last epoch checkpoint of the trial this one retries, if there is one and it can be read."""
         pointer = TrialRecord.of(trial).resume  # copied from the failed trial by the retry callback
         if not pointer or trial.storage.get_trial_system_attrs(compat.trial_id(trial)).get("failed_trial") is None:
             return None
+        artifact_id = resume_id(pointer)
+        if artifact_id is None:
+            record.write(trial, resume_error="the resume pointer names no resume checkpoint: ignored")
+            return None
         try:
-            with self.artifact_store.open_reader(pointer["artifact_id"]) as f:
+            with self.artifact_store.open_reader(artifact_id) as f:
                 state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
         except Exception as e:  # missing or torn file: start again from epoch 0
             record.write(trial, resume_error=f"{type(e).__name__}: {e}"[:200])
@@ -51,7 +66,9 @@ class ResumeCheckpoints:
         """Remove the trial's checkpoint: it finished one way or another."""
         pointer = TrialRecord.of(trial).resume
         if pointer:
-            self._remove(pointer["artifact_id"])
+            artifact_id = resume_id(pointer)
+            if artifact_id is not None:  # anything else is not this trial's to delete
+                self._remove(artifact_id)
             record.write(trial, resume=None)
 
     def _remove(self, artifact_id: str) -> None:
