@@ -61,7 +61,8 @@ def test_a_resume_pointer_set_by_someone_else_deletes_and_loads_nothing(tmp_path
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.enqueue_trial({}, user_attrs={"resume": {"artifact_id": artifact_id, "epoch": 1}})
     trial = study.ask()
-    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), "failed_trial", 0)  # a retry: it would resume
+    # a retry: it would resume
+    compat.storage_of(study).set_trial_system_attr(compat.trial_id(trial), "failed_trial", 0)
     checkpoints = ResumeCheckpoints(store)
     assert checkpoints.load(trial, Candidate()) is None
     assert "names no resume checkpoint" in trial.user_attrs["resume_error"]
@@ -88,3 +89,39 @@ def test_a_trials_own_resume_checkpoint_is_still_replaced_and_dropped(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [second]  # the previous one removed
     checkpoints.drop(trial)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_artifact_store_replaces_a_planted_link_and_never_writes_or_reads_through_it(tmp_path):
+    import io
+    import os
+
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    from search.study.storage import artifact_store
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    store = artifact_store(tmp_path / "store")
+    link = tmp_path / "store" / "base-0123456789abcdef0123"
+    os.symlink(outside, link)  # planted between the key being recorded and the base being written
+    with pytest.raises(ArtifactNotFound, match="a link"):
+        store.open_reader("base-0123456789abcdef0123")
+    store.write("base-0123456789abcdef0123", io.BytesIO(b"the base"))
+    assert outside.read_text() == "precious"  # not written through
+    assert not link.is_symlink() and link.read_bytes() == b"the base"
+    assert [p.name for p in (tmp_path / "store").iterdir()] == ["base-0123456789abcdef0123"]  # no temporary left
+    with store.open_reader("base-0123456789abcdef0123") as f:
+        assert f.read() == b"the base"
+
+
+@pytest.mark.parametrize("artifact_id", ["../outside.txt", "/etc/passwd", "sub/dir", ".hidden", "a..b", ""])
+def test_the_artifact_store_refuses_ids_that_are_not_plain_names(tmp_path, artifact_id):
+    import io
+
+    from search.study.storage import artifact_store
+
+    store = artifact_store(tmp_path / "store")
+    for call in (lambda: store.write(artifact_id, io.BytesIO(b"x")), lambda: store.open_reader(artifact_id),
+                 lambda: store.remove(artifact_id)):
+        with pytest.raises(ValueError, match="not an artifact id"):
+            call()

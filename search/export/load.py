@@ -18,6 +18,7 @@ from search.export.card import CARD
 from search.export.choose import require_checkpoint
 from search.export.errors import ExportError
 from search.export.vote import MajorityVote
+from search.study.storage import existing_artifact_store
 from search.training.checkpoint import CheckpointError, load_candidate_checkpoint, rebuild
 from search.training.data import DataConfig, Splits, load_data
 from search.trial.record import TrialRecord
@@ -41,7 +42,7 @@ def load_trial_model(study: optuna.Study, trial: FrozenTrial, workdir: str | Pat
     where = Path(store_dir) / artifact_id
     path = Path(workdir) / f"trial-{trial.number}.pt"
     try:
-        optuna.artifacts.download_artifact(artifact_store=optuna.artifacts.FileSystemArtifactStore(store_dir),
+        optuna.artifacts.download_artifact(artifact_store=existing_artifact_store(store_dir),
                                            artifact_id=artifact_id, file_path=str(path))
     except Exception as e:
         raise ExportError(f"cannot read the checkpoint of trial {trial.number} ({where}): "

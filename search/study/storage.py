@@ -5,11 +5,15 @@ everything we print, unreachable databases reported in one line, outages of data
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from search.errors import ConfigError, MicronetError
 from search.study.locks import study_lock
@@ -253,17 +257,61 @@ def _reason(e: Exception) -> str:
 
 
 def artifact_store(path: str | Path) -> FileSystemArtifactStore:
+    """The study's artifact store at ``path`` (made if missing)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     return _ArtifactStore(str(path))
 
 
+def existing_artifact_store(path: str | Path) -> FileSystemArtifactStore:
+    """The artifact store at ``path`` for reading (export): nothing is made."""
+    return _ArtifactStore(str(path))
+
+
+ARTIFACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # uuid4 (Optuna's), resume-<hex>, base-<hex>
+
+
 class _ArtifactStore(FileSystemArtifactStore):
-    """Removes an artifact only once the storage writes made before are delivered (search.study.outage): during an
-    outage a trial's new resume checkpoint is written but the storage still names the previous one, which must
-    stay until it names the new one."""
+    """Optuna's file store, hardened: whoever can write the folder (another worker, a user, the dashboard's upload)
+    is not trusted.
+
+    - An id is a plain file name (:data:`ARTIFACT_ID`): no path, no ``..``.
+    - A write goes to a temporary file in the folder and is renamed into place: a link planted under the id is
+      replaced, never written through, and a reader never sees half a file.
+    - A read refuses a link (``O_NOFOLLOW``): a link is no artifact this store wrote.
+    - A removal waits until the storage writes made before are delivered (search.study.outage): during an outage a
+      trial's new resume checkpoint is written but the storage still names the previous one, which must stay until
+      it names the new one.
+    """
+
+    def _get_filepath(self, artifact_id: str) -> Path:
+        if not isinstance(artifact_id, str) or not ARTIFACT_ID.fullmatch(artifact_id) or ".." in artifact_id:
+            raise ValueError(f"not an artifact id: {artifact_id!r}")
+        return super()._get_filepath(artifact_id)
+
+    def write(self, artifact_id: str, content_body) -> None:
+        path = self._get_filepath(artifact_id)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".write-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                shutil.copyfileobj(content_body, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def open_reader(self, artifact_id: str):
+        path = self._get_filepath(artifact_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError as e:
+            raise ArtifactNotFound(f"{artifact_id}: not found") from e
+        except OSError as e:  # ELOOP: a link
+            raise ArtifactNotFound(f"{artifact_id}: a link, not an artifact ({e.strerror})") from e
+        return os.fdopen(fd, "rb")
 
     def remove(self, artifact_id: str) -> None:
         from search.study.outage import after_buffered_writes
 
+        self._get_filepath(artifact_id)  # a bad id is refused now, not after the buffered writes
         after_buffered_writes(lambda: super(_ArtifactStore, self).remove(artifact_id))
