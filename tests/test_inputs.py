@@ -87,3 +87,29 @@ def test_an_empty_front_says_why_and_the_best_accuracy_reached():
                                       "reached is 0.6300 (trial 1)")
     assert why_empty(study, 0.95) == ("no front member has accuracy >= 0.95; the best accuracy reached is 0.6300 "
                                       "(trial 1)")
+
+
+def test_force_replaces_only_a_folder_with_nothing_but_an_export(tmp_path):
+    from search.export.errors import ExportError
+    from search.export.files import check_out_dir
+
+    out = tmp_path / "model"
+    (out / "state_dicts").mkdir(parents=True)
+    for name in ("model_card.json", "README.md", "state_dict.pt", "model.torchscript.pt", "model.onnx",
+                 "state_dicts/member-0.pt"):
+        (out / name).write_text("x")
+    assert check_out_dir(out, force=True) == out.resolve()  # an earlier export, whole
+    with pytest.raises(ExportError, match="not empty"):
+        check_out_dir(out, force=False)
+    (out / "chapter-3.tex").write_text("a thesis chapter beside an old card")
+    with pytest.raises(ExportError, match=r"holds chapter-3.tex besides an earlier export; --force replaces only"):
+        check_out_dir(out, force=True)
+    (out / "chapter-3.tex").unlink()
+    (out / "state_dicts" / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="holds state_dicts besides an earlier export"):
+        check_out_dir(out, force=True)
+    (out / "state_dicts" / "notes.txt").unlink()
+    (out / "README.md").unlink()
+    (out / "README.md").symlink_to(tmp_path / "elsewhere.md")  # a link is no file an export wrote
+    with pytest.raises(ExportError, match="holds README.md besides"):
+        check_out_dir(out, force=True)

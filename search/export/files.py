@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from search.export.card import CARD
+from search.export.card import CARD, README
 from search.export.errors import ExportError, VerificationError
 from search.export.verification import Verification
 from search.models.graphs import ONNX_FILE, TORCHSCRIPT_FILE, write_graphs  # noqa: F401  (re-exported)
@@ -17,6 +17,7 @@ from search.models.graphs import ONNX_FILE, TORCHSCRIPT_FILE, write_graphs  # no
 FORMATS = ("torchscript", "onnx", "state_dict")
 STATE_DICT_FILE = "state_dict.pt"
 MEMBERS_DIR = "state_dicts"      # an ensemble's members, one state dict each
+EXPORT_FILES = frozenset({CARD, README, STATE_DICT_FILE, TORCHSCRIPT_FILE, ONNX_FILE})  # what an export writes
 
 
 def parse_formats(formats: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -46,8 +47,9 @@ def check_onnx_packages(formats: Sequence[str], verify_export: bool) -> None:
 def check_out_dir(out: str | Path, force: bool) -> Path:
     """The absolute output folder, if it can be written: new, empty, or (with ``force``) an earlier export.
 
-    ``force`` replaces only a folder that holds a ``model_card.json``, so a mistyped ``--out`` cannot wipe out
-    an unrelated folder.
+    ``force`` replaces only a folder that holds a ``model_card.json`` and nothing but what an export writes
+    (:data:`EXPORT_FILES`, the ensemble's ``state_dicts/`` of ``.pt`` files), so a mistyped ``--out``, or an export
+    folder someone added their own files to, is never wiped out.
     """
     out = Path(out).expanduser().resolve()
     if out.exists():
@@ -61,6 +63,11 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
             if not (out / CARD).is_file():
                 raise ExportError(f"--out {out} is not empty and holds no {CARD}, so it is not an earlier export; "
                                   f"--force replaces only exports: choose a new or empty folder")
+            foreign = sorted(p.name for p in entries if not _export_entry(p))
+            if foreign:
+                raise ExportError(f"--out {out} holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} "
+                                  f"besides an earlier export; --force replaces only a folder with nothing but an "
+                                  f"export's files: move them, or choose a new or empty folder")
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -73,6 +80,15 @@ def check_out_dir(out: str | Path, force: bool) -> Path:
     except OSError:
         raise ExportError(f"cannot create --out {out}: {ancestor} is not writable") from None
     return out
+
+
+def _export_entry(path: Path) -> bool:
+    """Whether ``path`` (an entry of an earlier export's folder) is one an export writes; links never are."""
+    if path.is_symlink():
+        return False
+    if path.name == MEMBERS_DIR and path.is_dir():
+        return all(p.is_file() and not p.is_symlink() and p.suffix == ".pt" for p in path.iterdir())
+    return path.name in EXPORT_FILES and path.is_file()
 
 
 def publish(out: Path, force: bool, write: Callable[[Path], Verification | None]) -> Verification | None:
