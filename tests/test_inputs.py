@@ -113,3 +113,22 @@ def test_force_replaces_only_a_folder_with_nothing_but_an_export(tmp_path):
     (out / "README.md").symlink_to(tmp_path / "elsewhere.md")  # a link is no file an export wrote
     with pytest.raises(ExportError, match="holds README.md besides"):
         check_out_dir(out, force=True)
+
+
+def test_the_teacher_cache_is_keyed_by_the_datas_content_not_its_file_name(tmp_path):
+    from search.training.teacher import get_teacher
+
+    spec = TeacherSpec(arch="resnet20", width=0.25, epochs=1)
+    teachers = []
+    for folder, labels in (("a", [0, 1] * 8), ("b", [1, 0] * 8)):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "train.npz"
+        n = len(labels)
+        np.savez(path, x_train=np.arange(n * 3072, dtype=np.uint8).reshape(n, 32, 32, 3), y_train=np.array(labels),
+                 x_test=np.zeros((4, 32, 32, 3), np.uint8), y_test=np.array([0, 1, 0, 1]))
+        config = DataConfig(name="npz", path=str(path), val_fraction=0.25)
+        get_teacher(spec, config, load_data(config), root=tmp_path / "cache")
+        teachers.append(sorted(p.name for p in (tmp_path / "cache" / "teachers").iterdir()))
+    # same file name, other images: a second teacher, not the first one reused
+    assert len(teachers[0]) == 1 and len(teachers[1]) == 2
+    assert all(name.startswith("resnet20-w0.25-npz-train.npz-val0.25s0-d") for name in teachers[1])

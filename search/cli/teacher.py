@@ -29,7 +29,7 @@ def run(args) -> int:
     data = load_data(data_config, pick_device(args.device))
     with EpochProgress(f"teacher {spec.arch}", spec.epochs) as progress:
         path, cached, val = cached_or_trained(spec, data_config, data, args.force, on_epoch=progress)
-    out = {"path": str(path), "key": spec.key(data_config), "cached": cached, "val_accuracy": val}
+    out = {"path": str(path), "key": path.stem, "cached": cached, "val_accuracy": val}
     if args.json:
         print(json.dumps(out))
     else:

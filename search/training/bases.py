@@ -34,7 +34,7 @@ from search.candidate.candidate import Candidate
 from search.candidate.recipe import MAX_EPOCHS, SCHEDULES, TrainConfig
 from search.config import number
 from search.errors import ConfigError
-from search.training.data import DataConfig, Splits
+from search.training.data import DataConfig, Splits, data_digest
 from search.training.trainer import EpochCallback, Trainer, device_setup
 
 if TYPE_CHECKING:  # the study's lock, passed in by the trial: training does not import the study
@@ -150,10 +150,7 @@ def base_key(candidate: Candidate, data_key: str, teacher_id: str | None = None,
 def data_identity(config: DataConfig, data: Splits) -> str:
     """``config.key()`` names the dataset and its split; a digest of the loaded data tells apart two files of the
     same name (``key`` keeps only a path's file name) or a dataset that changed on disk."""
-    h = hashlib.sha256(json.dumps([data.num_classes, len(data.y_train), data.mean, data.std]).encode())
-    for t in (data.y_train, data.y_val, data.x_val):  # the training images are in mean and std
-        h.update(_bytes(t))
-    return f"{config.key()}-{h.hexdigest()[:16]}"
+    return f"{config.key()}-{data_digest(data)}"
 
 
 def model_digest(model: nn.Module) -> str:

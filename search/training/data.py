@@ -9,6 +9,8 @@ Augmentation works on whole batches with tensor ops (airbench style): no PIL, no
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -117,6 +119,15 @@ class Splits:
         tensors = {k: getattr(self, k).to(device) for k in
                    ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return replace(self, **tensors)
+
+
+def data_digest(data: Splits) -> str:
+    """A digest of the loaded data: what tells apart two files of the same name (``DataConfig.key`` keeps only a
+    path's file name) or a dataset that changed on disk. The training images enter through their mean and std."""
+    h = hashlib.sha256(json.dumps([data.num_classes, len(data.y_train), data.mean, data.std]).encode())
+    for t in (data.y_train, data.y_val, data.x_val):
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_data(config: DataConfig, device="cpu") -> Splits:

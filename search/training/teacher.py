@@ -18,7 +18,7 @@ from search import __version__
 from search.candidate.recipe import MAX_EPOCHS, TrainConfig
 from search.errors import ConfigError, MicronetError
 from search.models import build_model
-from search.training.data import DataConfig, Splits
+from search.training.data import DataConfig, Splits, data_digest
 from search.training.trainer import EpochCallback, Trainer
 
 
@@ -46,12 +46,15 @@ class TeacherSpec:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= MAX_EPOCHS:
             raise ConfigError(f"teacher epochs must be an integer from 1 to {MAX_EPOCHS}, got {self.epochs!r}")
 
-    def key(self, data: DataConfig) -> str:
+    def key(self, data: DataConfig, digest: str | None = None) -> str:
+        """The teacher's name in the cache; ``digest`` (:func:`search.training.data.data_digest`) keys it by the
+        data's content, so two files of one name (``/a/train.npz``, ``/b/train.npz``) get a teacher each."""
         width = "" if self.width == 1.0 else f"-w{self.width:g}"
-        return f"{self.arch}{width}-{data.key()}-e{self.epochs}-s{self.seed}-lr{self.lr:g}"
+        content = f"-d{digest}" if digest else ""
+        return f"{self.arch}{width}-{data.key()}{content}-e{self.epochs}-s{self.seed}-lr{self.lr:g}"
 
-    def path(self, data: DataConfig, root: Path | None = None) -> Path:
-        return (root or cache_dir()) / "teachers" / f"{self.key(data)}.pt"
+    def path(self, data: DataConfig, root: Path | None = None, digest: str | None = None) -> Path:
+        return (root or cache_dir()) / "teachers" / f"{self.key(data, digest)}.pt"
 
 
 def train_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: Path | None = None,
@@ -63,10 +66,10 @@ def train_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root
                       on_epoch=on_epoch)
     trainer.run()
     val = trainer.history[-1].val_accuracy
-    path = spec.path(data_config, root)
+    path = spec.path(data_config, root, data_digest(data))
     save_checkpoint(path, {
         "kind": "teacher", "arch": spec.arch, "width": spec.width, "num_classes": data.num_classes,
-        "key": spec.key(data_config), "val_accuracy": val, "state_dict": model.state_dict(),
+        "key": spec.key(data_config, data_digest(data)), "val_accuracy": val, "state_dict": model.state_dict(),
         "version": __version__,
     })
     return model.eval(), path, val
@@ -106,7 +109,7 @@ def load_teacher(path: Path, num_classes: int | None = None, device="cpu") -> nn
 def get_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits, root: Path | None = None,
                 on_epoch: EpochCallback | None = None) -> nn.Module:
     """The cached teacher for ``spec`` on this dataset, trained first if the cache has none."""
-    path = spec.path(data_config, root)
+    path = spec.path(data_config, root, data_digest(data))
     if path.is_file():
         return load_teacher(path, data.num_classes, data.device)
     model, _, _ = train_teacher(spec, data_config, data, root, on_epoch)
@@ -117,7 +120,7 @@ def cached_or_trained(spec: TeacherSpec, data_config: DataConfig, data: Splits, 
                       on_epoch: EpochCallback | None = None) -> tuple[Path, bool, float | None]:
     """The ``teacher`` command's teacher: (its file, whether it came from the cache, its validation accuracy when
     trained now). A cached file is loaded once, so a damaged one fails here; ``force`` trains again."""
-    path = spec.path(data_config)
+    path = spec.path(data_config, digest=data_digest(data))
     if path.is_file() and not force:
         load_teacher(path, data.num_classes, data.device)
         return path, True, None
@@ -136,8 +139,8 @@ def get_shared_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits,
     """
     import optuna
 
-    attr = f"teacher_artifact:{spec.key(data_config)}"
-    path = spec.path(data_config)
+    attr = f"teacher_artifact:{spec.key(data_config, data_digest(data))}"
+    path = spec.path(data_config, digest=data_digest(data))
     say = on_event or (lambda text: None)
 
     def fetch(artifact_id: str) -> nn.Module:
@@ -148,7 +151,7 @@ def get_shared_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits,
             optuna.artifacts.download_artifact(artifact_store=artifact_store, artifact_id=artifact_id,
                                                file_path=str(tmp))
             os.replace(tmp, path)
-            say(f"teacher {spec.key(data_config)}: downloaded from the study's artifacts")
+            say(f"teacher {path.stem}: downloaded from the study's artifacts")
         return load_teacher(path, data.num_classes, data.device)
 
     if attr in study.user_attrs:
@@ -159,11 +162,11 @@ def get_shared_teacher(spec: TeacherSpec, data_config: DataConfig, data: Splits,
             return fetch(stored)
         if path.is_file():
             model = load_teacher(path, data.num_classes, data.device)
-            say(f"teacher {spec.key(data_config)}: loaded from {path}")
+            say(f"teacher {path.stem}: loaded from {path}")
         else:
-            say(f"teacher {spec.key(data_config)}: training ({spec.epochs} epochs, once for all workers)")
+            say(f"teacher {path.stem}: training ({spec.epochs} epochs, once for all workers)")
             model, _, val = train_teacher(spec, data_config, data, on_epoch=on_epoch)
-            say(f"teacher {spec.key(data_config)}: trained, validation accuracy {val:.2%}")
+            say(f"teacher {path.stem}: trained, validation accuracy {val:.2%}")
         artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store, file_path=str(path),
                                                        study_or_trial=study, mimetype="application/octet-stream")
         study.set_user_attr(attr, artifact_id)
