@@ -11,3 +11,8 @@ class MicronetError(Exception):
 
 class ConfigError(MicronetError, ValueError):
     """An architecture, compression or score setting that cannot be used."""
+
+
+class ArtifactStoreError(RuntimeError):
+    """The artifact store refused a write (full, unwritable, gone) at the end of a trial: the trial fails, the runner
+    queues it again (its retry resumes from the last checkpoint) and the worker goes on."""

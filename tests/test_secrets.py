@@ -125,3 +125,78 @@ def test_the_artifact_store_refuses_ids_that_are_not_plain_names(tmp_path, artif
                  lambda: store.remove(artifact_id)):
         with pytest.raises(ValueError, match="not an artifact id"):
             call()
+
+
+def test_a_full_artifact_store_fails_the_trial_queues_it_again_and_the_worker_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import re
+
+    from optuna.trial import TrialState
+
+    from search.study import storage
+    from search.study.runner import run_study
+
+    (tmp_path / "space.yaml").write_text("params:\n  arch: {value: resnet20}\n  width: {value: 0.25}\n"
+                                         "  ps: {low: 0.1, high: 0.5}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: s\nspace: {tmp_path / 'space.yaml'}\nstorage: sqlite:///{tmp_path / 's.db'}\n"
+                    f"artifacts: {tmp_path / 'artifacts'}\ndata: {{name: digits, subset: 200}}\n"
+                    f"train: {{epochs: 1, batch_size: 32}}\nstopper: {{name: none, skip_dominated: false}}\n"
+                    f"sampler: {{name: random, seed: 0}}\nn_trials: 2\n")
+    refused = []
+    write = storage._ArtifactStore.write
+
+    def full_once(self, artifact_id, body):
+        if re.fullmatch(r"[0-9a-f-]{36}", artifact_id) and not refused:  # the first trial checkpoint (a uuid)
+            refused.append(artifact_id)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, artifact_id, body)
+
+    monkeypatch.setattr(storage._ArtifactStore, "write", full_once)
+    said = []
+    study = run_study(load_study_file(path), on_event=said.append)
+    trials = study.get_trials()
+    assert refused and trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["store_error"] == "No space left on device"
+    assert "the artifact store refused the checkpoint of trial 0 (No space left on device)" in said
+    assert any(s.startswith("trial 0 stopped and queued again") for s in said)
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == trials[0].number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == trials[0].params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2  # the worker went on: nothing lost
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+
+
+def test_an_unwritable_artifact_store_is_one_line_at_start(tmp_path):
+    from search.study.storage import StorageError, artifact_store
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match=r"the artifact store .*not-a-folder/artifacts is not writable"):
+        artifact_store(blocker / "artifacts")
+
+
+def test_a_resume_checkpoint_the_store_refuses_keeps_the_previous_one_in_charge(tmp_path):
+    import errno
+
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from search.candidate.candidate import Candidate
+    from search.trial.resume import ResumeCheckpoints
+
+    class Full(FileSystemArtifactStore):
+        full = False
+
+        def write(self, artifact_id, body):
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(artifact_id, body)
+
+    store = Full(str(tmp_path))
+    checkpoints = ResumeCheckpoints(store)
+    trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
+    checkpoints.save(trial, Candidate(), 1, {"epoch": 1})
+    first = trial.user_attrs["resume"]
+    store.full = True
+    checkpoints.save(trial, Candidate(), 2, {"epoch": 2})  # training goes on
+    assert trial.user_attrs["resume"] == first and (tmp_path / first["artifact_id"]).is_file()
+    assert trial.user_attrs["resume_error"] == "cannot write a resume checkpoint: No space left on device"

@@ -97,7 +97,7 @@ def build_app(source: DashboardSource):
 
     from search.study.storage import artifact_store
 
-    store = artifact_store(source.artifact_dir) if source.artifact_dir is not None else None
+    store = artifact_store(source.artifact_dir, check=False) if source.artifact_dir is not None else None
     return optuna_dashboard.wsgi(source.storage, artifact_store=store)
 
 

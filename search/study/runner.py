@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import optuna_compat as compat
+from search.errors import ArtifactStoreError
 from search.study import final as final_stage
 from search.study.draw import fixed_architecture
 from search.study.locks import study_lock
@@ -187,6 +188,12 @@ def _trials(loaded, study, objective, claim, deadline, callbacks, threads, say, 
                     for trial_id in _interrupted(study, objective.current_trial_id, running_before):
                         _requeue(study, trial_id, cfg.heartbeat.max_retry, say)
                     raise
+                if getattr(objective, "store_failed", False):  # the store refused its checkpoint: not its fault
+                    failed = compat.storage_of(study).get_trial(objective.current_trial_id)
+                    say(f"the artifact store refused the checkpoint of trial {failed.number} "
+                        f"({TrialRecord.of(failed).store_error})")
+                    _requeue(study, objective.current_trial_id, cfg.heartbeat.max_retry, say)
+                    time.sleep(_poll_seconds(cfg.heartbeat.interval))  # a moment for the store to come back
                 continue
         if state != waiting_for:
             say(f"waiting: the study's other {state} trial(s) are running on other workers")
@@ -260,7 +267,8 @@ class _InterruptFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], KeyboardInterrupt):
+        if record.exc_info and record.exc_info[0] is not None and issubclass(record.exc_info[0], (
+                KeyboardInterrupt, ArtifactStoreError)):  # each said in one line by the runner
             self.interrupted.add(message.split(" failed", 1)[0])  # "Trial N"
             return False
         return not (" failed with value " in message and message.split(" failed", 1)[0] in self.interrupted)

@@ -4,6 +4,7 @@ everything we print, unreachable databases reported in one line, outages of data
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -256,11 +257,24 @@ def _reason(e: Exception) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def artifact_store(path: str | Path) -> FileSystemArtifactStore:
-    """The study's artifact store at ``path`` (made if missing)."""
+def artifact_store(path: str | Path, check: bool = True) -> FileSystemArtifactStore:
+    """The study's artifact store at ``path`` (made if missing), with ``check`` checked writable by writing and
+    removing a probe: a worker that could not store a single checkpoint says so now, in one line, not after its first
+    training."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return _ArtifactStore(str(path))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        store = _ArtifactStore(str(path))
+        if not check:
+            return store
+        probe = f"probe-{os.getpid()}-{os.urandom(4).hex()}"
+        store.write(probe, io.BytesIO(b"probe"))
+        FileSystemArtifactStore.remove(store, probe)
+    except OSError as e:
+        raise StorageError(f"the artifact store {path} is not writable ({e.strerror or e}); free space there, fix "
+                           f"its permissions, or give another folder (artifacts: in the study file, --artifacts)") \
+            from None
+    return store
 
 
 def existing_artifact_store(path: str | Path) -> FileSystemArtifactStore:

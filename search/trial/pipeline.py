@@ -17,7 +17,7 @@ import torch
 
 from search import optuna_compat as compat
 from search.candidate.candidate import Candidate, footprint
-from search.errors import ConfigError
+from search.errors import ArtifactStoreError, ConfigError
 from search.space.params import candidate_from
 from search.training.checkpoint import save_candidate_checkpoint
 from search.training.data import Splits
@@ -69,8 +69,12 @@ class TrialPipeline:
 
     def __call__(self, trial: optuna.Trial):
         self.current_trial_id = compat.trial_id(trial)
+        self.store_failed = False
         try:
             values = self._run(trial)
+        except ArtifactStoreError:  # queued again by the runner: its retry resumes from the last checkpoint
+            self.store_failed = True
+            raise
         except Exception:  # finished one way or another (pruned, failed): its resume checkpoint is no use now
             self.resumes.drop(trial)
             raise
@@ -212,6 +216,11 @@ def upload_checkpoint(trial, candidate: Candidate, result: CandidateResult, data
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"trial-{trial.number}.pt"
         save_candidate_checkpoint(path, candidate, result.model, data, data_config, result.val_accuracy)
-        artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store, file_path=str(path),
-                                                       study_or_trial=trial, mimetype="application/octet-stream")
+        try:
+            artifact_id = optuna.artifacts.upload_artifact(artifact_store=artifact_store, file_path=str(path),
+                                                           study_or_trial=trial, mimetype="application/octet-stream")
+        except OSError as e:
+            record.write(trial, store_error=f"{e.strerror or e}"[:200])
+            raise ArtifactStoreError(f"trial {trial.number}: cannot write its checkpoint to the artifact store "
+                                     f"({e.strerror or e}); it is queued again") from None
     record.write(trial, checkpoint_artifact_id=artifact_id)

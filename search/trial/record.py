@@ -54,6 +54,7 @@ class TrialRecord:
     resume: dict | None = None             # {"artifact_id", "epoch"}
     resume_error: str | None = None
     resumed_from_epoch: int | None = None
+    store_error: str | None = None         # the artifact store refused its checkpoint: failed, queued again
 
     @classmethod
     def of(cls, trial) -> TrialRecord:

@@ -36,7 +36,11 @@ class ResumeCheckpoints:
         torch.save({**state, "candidate": candidate.to_dict()}, buffer)
         buffer.seek(0)
         artifact_id = f"resume-{uuid.uuid4().hex}"
-        self.artifact_store.write(artifact_id, buffer)
+        try:
+            self.artifact_store.write(artifact_id, buffer)
+        except OSError as e:  # a full or unwritable store: training goes on, the previous checkpoint stays in charge
+            record.write(trial, resume_error=f"cannot write a resume checkpoint: {e.strerror or e}"[:200])
+            return
         previous = resume_id(TrialRecord.of(trial).resume)
         record.write(trial, resume={"artifact_id": artifact_id, "epoch": epoch})
         if previous:
