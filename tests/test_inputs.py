@@ -132,3 +132,40 @@ def test_the_teacher_cache_is_keyed_by_the_datas_content_not_its_file_name(tmp_p
     # same file name, other images: a second teacher, not the first one reused
     assert len(teachers[0]) == 1 and len(teachers[1]) == 2
     assert all(name.startswith("resnet20-w0.25-npz-train.npz-val0.25s0-d") for name in teachers[1])
+
+
+def test_a_crafted_cifar_batch_cannot_run_code(tmp_path):
+    import os
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    good = {"batch_label": "b", "labels": [0, 1] * 5, "data": np.zeros((10, 3072), np.uint8),
+            "filenames": ["x"] * 10}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        payload = {**good, "data": Evil()} if i == 2 else good
+        (folder / name).write_bytes(pickle.dumps(payload, protocol=2 + i % 4))
+    with pytest.raises(DataError, match=r"data_batch_3 is not a CIFAR python batch .*(os|posix)\.system"):
+        load_data(DataConfig(name="cifar10", path=str(tmp_path)))
+    assert not marker.exists()
+    (folder / "data_batch_3").write_bytes(pickle.dumps(good, protocol=5))
+    assert len(load_data(DataConfig(name="cifar10", path=str(tmp_path), val_fraction=0.2)).y_train) == 40
+
+
+def test_export_measures_on_the_studys_data_not_the_one_a_checkpoint_names():
+    import optuna
+
+    from search.export.load import study_data, with_data_path
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    crafted = {"data": {"name": "cifar10", "path": "/shared/planted"}}  # what a crafted checkpoint would say
+    assert study_data(study, crafted) == crafted["data"]  # a study made before its configuration was stored
+    study.set_user_attr("micronet_config", {"data": {"name": "npz", "path": "studies/dev.npz"}})
+    assert study_data(study, crafted) == {"name": "npz", "path": "studies/dev.npz"}
+    assert with_data_path(study_data(study, crafted), "/data/mine.npz")["path"] == "/data/mine.npz"

@@ -25,7 +25,7 @@ from search.export.files import (
     publish,
     write_graphs,
 )
-from search.export.load import load_test_data, load_trial_model, with_data_path
+from search.export.load import load_test_data, load_trial_model, study_data, with_data_path
 from search.export.onnx_tolerance import onnx_check
 from search.export.verification import Verification, verify
 from search.export.vote import VOTE_RULE, MajorityVote
@@ -56,7 +56,7 @@ def export_model(study: optuna.Study, trial: FrozenTrial, out: str | Path, forma
     require_checkpoint(trial)
     with tempfile.TemporaryDirectory(prefix="micronet-export-") as work:
         model, meta = load_trial_model(study, trial, work)
-    data_config = with_data_path(meta["data"], data_path)
+    data_config = with_data_path(study_data(study, meta), data_path)
     data = load_test_data(data_config)
     mean, std = meta["mean"], meta["std"]
     test_accuracy = evaluate(model, data.x_test, data.y_test, mean, std)
@@ -107,7 +107,7 @@ def export_ensemble(study: optuna.Study, members: Sequence[FrozenTrial], out: st
             if other[key] != meta[key]:
                 raise ExportError(f"trials {members[0].number} and {t.number} were trained on different data "
                                   f"({key} differs); ensemble members must share the dataset")
-    data_config = with_data_path(meta["data"], data_path)
+    data_config = with_data_path(study_data(study, meta), data_path)
     data = load_test_data(data_config)
     mean, std = meta["mean"], meta["std"]
     ensemble = MajorityVote([m for m, _ in loaded]).eval()

@@ -93,6 +93,15 @@ def load_test_data(data_config: dict) -> Splits:
     return load_data(from_mapping(DataConfig, dict(data_config), "checkpoint data"))
 
 
+def study_data(study: optuna.Study, meta: dict) -> dict:
+    """The dataset an export measures on: the study's own (its stored configuration), never the checkpoint's. A
+    checkpoint is a file in a shared store that anyone with write access could have crafted to name some other
+    dataset at some other path; the checkpoint's is used only for a study made before the configuration was stored.
+    ``--data-path`` still replaces the path (:func:`with_data_path`)."""
+    stored = (study.user_attrs.get("micronet_config") or {}).get("data")
+    return dict(stored) if isinstance(stored, dict) else dict(meta["data"])
+
+
 def with_data_path(values: dict, data_path: str | None) -> dict:
     """A copy of a checkpoint's or card's data config, its ``path`` replaced by ``data_path`` (``--data-path``)."""
     values = dict(values)

@@ -230,12 +230,27 @@ def _load_cifar(config: DataConfig):
     return x_train, y_train, x_test, y_test
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR python batch and nothing else: a dict of lists, bytes, strings, numbers and numpy arrays. Any
+    other global a pickle names (``os.system``, ``builtins.eval``, ...) is refused, so a crafted batch file in a
+    shared data folder cannot run code in every worker and export that reads it."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not part of a CIFAR batch")
+
+
 def _read_cifar_batches(folder: Path, files, label_key, title):
     xs, ys = [], []
     for name in files:
         try:
             with open(folder / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = _BatchUnpickler(f, encoding="latin1").load()
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(entry[label_key], dtype=np.int64))
         except Exception as e:
