@@ -169,3 +169,29 @@ def test_export_measures_on_the_studys_data_not_the_one_a_checkpoint_names():
     study.set_user_attr("micronet_config", {"data": {"name": "npz", "path": "studies/dev.npz"}})
     assert study_data(study, crafted) == {"name": "npz", "path": "studies/dev.npz"}
     assert with_data_path(study_data(study, crafted), "/data/mine.npz")["path"] == "/data/mine.npz"
+
+
+def test_the_hypervolume_history_equals_the_brute_force_and_computes_only_when_the_front_changes(monkeypatch):
+    import optuna
+    from optuna.trial import create_trial
+
+    from search.results.front import hypervolume_history
+    from search.trial.objectives import Objectives
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for _ in range(400):
+        study.add_trial(create_trial(values=[float(rng.uniform(0.1, 0.9)), float(rng.uniform(0.001, 0.2))],
+                                     params={}, distributions={}))
+    objectives = Objectives.of_study(study)
+    reference = (0.0, 0.25)
+    calls = []
+    real = Objectives.hypervolume
+    monkeypatch.setattr(Objectives, "hypervolume", lambda self, points, ref: calls.append(len(points)) or real(
+        self, points, ref))
+    history = hypervolume_history(study, reference)
+    monkeypatch.setattr(Objectives, "hypervolume", real)
+    trials = study.get_trials()
+    brute = [objectives.hypervolume([t.values for t in trials[:i + 1]], reference) for i in range(len(trials))]
+    assert [h for _, h in history] == pytest.approx(brute, rel=1e-12)
+    assert len(calls) < 60 and max(calls) < 30  # computed when the front changed, on the front alone
