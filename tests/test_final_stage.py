@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -50,6 +51,9 @@ def test_the_companion_study_trains_every_finalist_to_the_end():
     assert stage.train.epochs == 12 and stage.train.lr == 0.01 and stage.train.schedule == config.train.schedule
     assert stage.stopper.name == "none" and stage.stopper.skip_dominated is False
     assert stage.max_trial_seconds is None and stage.base == config.base
+    # its checkpoints go where the search's do: export finds them through the study's artifact_dir
+    assert stage.artifact_dir == config.artifact_dir == Path("studies/s-artifacts")  # not studies/s-final-artifacts
+    assert config.final_stage(3, "/data/art").artifact_dir == Path("/data/art")
 
 
 def test_finalists_span_the_front_extremes_first():

@@ -22,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> ArgumentParser:
-    from search.cli import bench, dashboard, ensemble, export, front, report, run, score, teacher, train, worker
+    from search.cli import bench, dashboard, ensemble, export, front, gc, report, run, score, teacher, train, worker
 
     parser = ArgumentParser(prog=PROG, description="Find small, accurate image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -37,6 +37,7 @@ def build_parser() -> ArgumentParser:
     dashboard.add_parser(commands)
     export.add_parser(commands)
     ensemble.add_parser(commands)
+    gc.add_parser(commands)
     bench.add_parser(commands)
     return parser
 

@@ -42,7 +42,7 @@ def run(args) -> int:
             raise ConfigError(f"{flag} must be an integer >= 1, got {value}")
     use_threads_argument(args)
     loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout,  # a bad space stops here
-                             data_path=args.data_path)
+                             data_path=args.data_path, artifacts=args.artifacts)
     cfg = loaded.config
     data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched
     study = open_study(loaded)  # bad storage, directions or space: one line here, before any worker starts

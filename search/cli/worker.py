@@ -33,7 +33,8 @@ def run(args) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     use_threads_argument(args)
-    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout, data_path=args.data_path)
+    loaded = load_study_file(args.study, args.storage, args.n_trials, args.timeout, data_path=args.data_path,
+                             artifacts=args.artifacts)
     cfg = loaded.config
     name = worker_name()
     data = check_data(loaded)  # missing or unreadable data: one line, before the storage is touched

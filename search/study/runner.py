@@ -123,10 +123,10 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
             say("final stage: the search front is empty (no complete trial above the accuracy floor): nothing to "
                 "fine-tune")
             return study
-        stage = replace(loaded, config=cfg.final_stage(len(chosen)))
+        stage = replace(loaded, config=cfg.final_stage(len(chosen), artifacts))
         final = open_study(stage)
         count = final_stage.enqueue_finalists(final, chosen)
-        stage = replace(loaded, config=cfg.final_stage(count))
+        stage = replace(loaded, config=cfg.final_stage(count, artifacts))
     left = "" if deadline is None else f", {max(0.0, deadline - time.monotonic()):.0f} s left"
     say(f"final stage: fine-tuning {count} front member(s) for {cfg.final.epochs} epochs in study "
         f"{stage.config.name}{left}")

@@ -174,12 +174,14 @@ class StudyConfig:
             raise ConfigError(f"objectives must be a list, for example [accuracy, score], got {self.objectives!r}")
         Objectives.parse(self.objectives)  # validates
 
-    def final_stage(self, finalists: int) -> StudyConfig:
+    def final_stage(self, finalists: int, artifacts: str | None = None) -> StudyConfig:
         """The final stage's companion study (:mod:`search.study.final`): this study named ``<name>-final``, trained
-        for ``final.epochs`` with nothing stopping or skipping a finalist, one trial per finalist."""
+        for ``final.epochs`` with nothing stopping or skipping a finalist, one trial per finalist, its checkpoints in
+        the search's artifact folder (``artifacts``: the one the workers use, default this study's)."""
         final = self.final
         train = replace(self.train, epochs=final.epochs, **({"lr": final.lr} if final.lr is not None else {}))
         return replace(self, name=final_name(self.name), train=train, final=None, enqueue=[],
+                       artifacts=str(Path(artifacts) if artifacts else self.artifact_dir),
                        stopper=StopperConfig(name="none", skip_dominated=False), max_trial_seconds=None,
                        n_trials=max(1, finalists))
 
@@ -208,7 +210,8 @@ class LoadedStudy:
 
 
 def load_study_file(path: str | Path, storage: str | None = None, n_trials: int | None = None,
-                    timeout: float | None = None, data_path: str | None = None) -> LoadedStudy:
+                    timeout: float | None = None, data_path: str | None = None,
+                    artifacts: str | None = None) -> LoadedStudy:
     """Read and validate a study file and its space; nothing touches the storage yet.
 
     ``data_path`` (``--data-path``) replaces the study file's ``data.path``. A relative npz path that is not found
@@ -226,7 +229,9 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
         print(f"micronet-search: {path}: 'pruner:' is now called 'stopper:' (early stopping); read as 'stopper:', "
               f"rename it to silence this line", file=sys.stderr)
     config = from_mapping(StudyConfig, raw, str(path))
-    overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout}.items() if v is not None}
+    # --artifacts: also what the study records as its artifact_dir, where export looks for the checkpoints
+    overrides = {k: v for k, v in {"n_trials": n_trials, "timeout": timeout, "artifacts": artifacts}.items()
+                 if v is not None}
     if data_path is not None:
         overrides["data"] = replace(config.data, path=data_path)
     elif config.data.name in ("npz", "folder") and config.data.path and not Path(config.data.path).is_absolute() \
