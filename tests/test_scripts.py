@@ -48,6 +48,29 @@ def test_kubernetes_manifests_parse_and_name_their_kind(manifest):
         assert container["args"][0] == "worker"
         env = {e["name"]: e for e in container["env"]}
         assert "secretKeyRef" in env["MICRONET_STORAGE"]["valueFrom"]  # the password stays in a Secret
+    for d in docs:  # every image pinned, every pod of ours unprivileged
+        if d["kind"] in ("Job", "Deployment"):
+            pod = d["spec"]["template"]["spec"]
+            for c in pod.get("initContainers", []) + pod["containers"]:
+                assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+                if c["image"].startswith("micronet-search"):
+                    assert pod["securityContext"]["runAsNonRoot"] is True
+                    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_dashboard_reads_with_a_read_only_role_and_no_pod_reaches_it():
+    docs = [d for d in yaml.safe_load_all((ROOT / "scripts" / "k8s" / "dashboard.yaml").read_text()) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MICRONET_STORAGE"]["valueFrom"]["secretKeyRef"]["key"] == "dashboard-storage-url"
+    assert all(m.get("readOnly") for m in container["volumeMounts"])
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["ingress"] == [] and "Ingress" in policy["spec"]["policyTypes"]
+    init = (ROOT / "scripts" / "k8s" / "postgres.yaml").read_text()
+    assert "GRANT SELECT ON TABLES TO micronet_dashboard" in init and "GRANT ALL" not in init
+    assert "USER 10001" in (ROOT / "scripts" / "k8s" / "Dockerfile").read_text()
 
 
 def test_worker_plan_pins_gpus_round_robin_and_splits_threads():
