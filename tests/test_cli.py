@@ -38,8 +38,18 @@ def test_score_table(capsys):
 
 
 def test_densenet_options_on_the_cli(capsys):
-    main(["score", "--arch", "densenet", "--growth-rate", "8", "--blocks", "4,4,4", "--groups", "2", "--json"])
-    assert json.loads(capsys.readouterr().out)["params"] > 0
+    from search.models import build_model
+
+    def cli_params(*options):
+        main(["score", "--arch", "densenet", *options, "--json"])
+        return json.loads(capsys.readouterr().out)["params"]
+
+    chosen = cli_params("--growth-rate", "8", "--blocks", "4,4,4", "--groups", "2")
+    built = build_model("densenet", num_classes=10, growth_rate=8, blocks=[4, 4, 4], groups=2)
+    assert chosen == sum(p.numel() for p in built.parameters())  # each option reached the model
+    assert chosen != cli_params("--growth-rate", "12", "--blocks", "4,4,4", "--groups", "2")
+    assert chosen != cli_params("--growth-rate", "8", "--blocks", "6,6,6", "--groups", "2")
+    assert chosen != cli_params("--growth-rate", "8", "--blocks", "4,4,4", "--groups", "1")
 
 
 def test_console_script_runs_as_module():

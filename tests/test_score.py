@@ -35,7 +35,15 @@ def test_score_formula_terms():
     s = compute_score(5_600_000, 280_000_000, Compression(ps=0.3, pu=0.2, qw=8, qa=16))
     assert s.param_term == pytest.approx(0.5 * 8 / 32)
     assert s.macs_term == pytest.approx(0.7 * 16 / 32)
-    assert s.total == pytest.approx(s.param_term + s.macs_term)
+    assert s.total == pytest.approx(0.5 * 8 / 32 + 0.7 * 16 / 32)  # 0.475, from the formula, not from its terms
+
+
+def test_the_mac_term_takes_the_larger_of_weight_and_activation_bits():
+    # qw > qa: the MAC term runs at the weights' 8 bits, not the activations' 4 (the formula's max(qw, qa))
+    s = compute_score(5_600_000, 280_000_000, Compression(qw=8, qa=4))
+    assert (s.param_term, s.macs_term, s.total) == pytest.approx((0.25, 0.25, 0.5))
+    s = compute_score(5_600_000, 280_000_000, Compression(ps=0.5, qw=16, qa=2))
+    assert (s.param_term, s.macs_term, s.total) == pytest.approx((0.25, 0.25, 0.5))
 
 
 def test_score_reference_is_configurable():

@@ -230,3 +230,22 @@ def test_the_study_file_s_stopper_keys_are_the_stoppers_own_fields(tmp_path):
         make_stopper("pareto", min_epochs=2)
     with pytest.raises(ConfigError, match="^stopper 'none' takes no options, got percentile$"):
         make_stopper("off", percentile=50)
+
+
+CHAIN = [Finished(c, {2: a}) for a, c in [(0.9, 0.1), (0.8, 0.2), (0.7, 0.3), (0.6, 0.4), (0.5, 0.5), (0.4, 0.6)]]
+
+
+def test_moasha_keeps_exactly_the_best_ceil_n_over_eta_at_the_cut_off():
+    """Seven trials at the rung in a chain (each dominates the next: its rank is its place), reduction factor 2:
+    ceil(7/2) = 4 go on. A trial in 4th place goes on (floor would stop it), one in 5th stops (<= would keep it)."""
+    stopper = MOASHAStopper(min_epochs=2, reduction_factor=2, min_trials=3)
+    assert stopper.should_stop(2, 0.65, 0.35, CHAIN) is None  # 4th of 7
+    reason = stopper.should_stop(2, 0.55, 0.45, CHAIN)  # 5th of 7
+    assert reason == ("rung at epoch 2: rank 5 of 7 trials there by non-dominated sorting of (accuracy 0.5500, "
+                      "costs 0.45); only the best 4 go on")
+
+
+def test_within_a_front_the_ends_come_first_then_the_most_isolated():
+    # one front of five (losses); crowding distances of the middle three: 0.7, 1.5, 1.3 (normalized per objective)
+    points = [(0, 10), (1, 9), (2, 5), (8, 1), (10, 0)]
+    assert rank_order(points) == [0, 4, 2, 3, 1]
