@@ -75,6 +75,24 @@ def test_first_direction_lets_tpe_learn_from_stopped_multi_objective_trials():
     study.ask().suggest_float("x", 0, 1)  # TPE ranks the pruned trials by their last value: no error
 
 
+@pytest.mark.parametrize("better", ["high", "low"])
+def test_tpe_draws_where_the_stopped_trials_were_more_accurate(better):
+    """Forty trials stopped after one epoch, accuracy there rising (or falling) with x: TPE, given only those, draws
+    where they were more accurate. A sampler that ignored stopped trials would draw x uniformly (median 0.5)."""
+    import numpy as np
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=ParetoTPESampler(seed=0, n_startup_trials=5))
+    for x in np.random.default_rng(0).uniform(0, 1, 40):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": float(x)},
+                                     distributions={"x": FloatDistribution(0, 1)},
+                                     intermediate_values={1: float(x if better == "high" else 1 - x)}))
+    drawn = [study.ask({"x": FloatDistribution(0, 1)}).params["x"] for _ in range(30)]
+    assert np.median(drawn) > 0.75 if better == "high" else np.median(drawn) < 0.25
+
+
 def test_hypervolume_is_exact_in_two_and_three_dimensions():
     import numpy as np
 
