@@ -498,3 +498,20 @@ def test_unusable_out_dirs(trained, capsys):
     assert main(["export", *args(trained, "--trial", "0", "--out", "/proc/micronet-export/model")]) == 2
     err = capsys.readouterr().err
     assert "cannot create --out /proc/micronet-export/model: /proc is not writable" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("damaged", ["state_dict", "torchscript"])
+def test_verify_names_a_damaged_file_in_one_line(trained, damaged):
+    """A genuinely damaged export (a state dict overwritten with other bytes, a TorchScript file cut in half), not a
+    tolerance forced to fail: --verify refuses it and names the file."""
+    from search.export.verification import VerificationError, verify
+
+    out = trained.tmp / f"damaged-{damaged}"
+    assert main(["export", *args(trained, "--trial", str(trained.w8), "--out", str(out), "--format",
+                                 "state_dict,torchscript")]) == 0
+    verify(out)  # intact, it passes
+    path = out / {"state_dict": "state_dict.pt", "torchscript": "model.torchscript.pt"}[damaged]
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2] if damaged == "torchscript" else bytes(reversed(blob)))
+    with pytest.raises(VerificationError, match=rf"{damaged} file {path.name} cannot be loaded"):
+        verify(out)

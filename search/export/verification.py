@@ -65,16 +65,24 @@ def verify(folder: str | Path, data: Splits | None = None, reference: nn.Module 
                                 f"not the dataset the model was exported with")
     outputs: dict[str, torch.Tensor] = {}
     scripted = None
-    if "state_dict" in files:
-        outputs["state_dict"] = predict(load_state_dict_model(folder), x, mean, std)
-    if "torchscript" in files:
+    problems = []
+
+    def load_torchscript():
+        nonlocal scripted
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: "torch.jit.load is deprecated"
             scripted = torch.jit.load(str(folder / files["torchscript"]), map_location="cpu")
-        outputs["torchscript"] = predict(scripted, x, mean, std)
-    if "onnx" in files:
-        outputs["onnx"] = onnx_predict(folder / files["onnx"], x, mean, std)
-    problems = []
+        return predict(scripted, x, mean, std)
+
+    readers = {"state_dict": lambda: predict(load_state_dict_model(folder), x, mean, std),
+               "torchscript": load_torchscript, "onnx": lambda: onnx_predict(folder / files["onnx"], x, mean, std)}
+    for name, read in readers.items():
+        if name not in files:
+            continue
+        try:
+            outputs[name] = read()
+        except Exception as e:  # a damaged or foreign file: a failed check, named, not a crash
+            problems.append(f"{name} file {files[name]} cannot be loaded ({type(e).__name__})")
     for name, logits in outputs.items():
         accuracy = (logits.argmax(1) == y).float().mean().item()
         verification.accuracy[name] = accuracy
