@@ -237,7 +237,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}  # numpy int labels
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
