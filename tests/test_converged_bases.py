@@ -364,3 +364,12 @@ def test_the_bases_are_spent_only_when_no_architecture_without_a_base_fits(tmp_p
     # 120 s allowed: 100 + 25 is over; no architecture without a base fits
     fixed, why = draw.fixed_architecture(study, loaded, 10, (3, 32, 32))
     assert fixed == {"width": 0.5} and "max_share 0.5 of the time (100 s spent of 120 s)" in why
+
+
+def test_an_architecture_that_can_never_build_needs_no_base():
+    from search.study import draw
+
+    config = StudyConfig(name="s", base=BaseConfig())
+    # DenseNet's pointwise convs have 9 or 36 channels at growth 12 and bottleneck: groups 4 divides neither
+    assert draw._dense_macs({"arch": "densenet", "groups": 4, "growth_rate": 12}, config, 10, (3, 32, 32)) is None
+    assert draw._dense_macs({"arch": "resnet20", "width": 0.25, "groups": 1}, config, 10, (3, 32, 32)) > 0

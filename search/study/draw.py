@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.candidate.complexity import measure
+from search.errors import ConfigError
 from search.space.params import architecture_names, candidate_from
 from search.trial.decisions import base_refusal, trained_bases
 from search.trial.record import TrialRecord
@@ -58,7 +59,8 @@ def fixed_architecture(study: optuna.Study, loaded, num_classes: int,
     else:
         untrained = [c for c in configs if c not in trained]
         random.Random(len(trials)).shuffle(untrained)  # measured lazily, in a seeded order, until one fits
-        reason = next((None for c in untrained if refusal(_dense_macs(c, cfg, num_classes, input_size)) is None),
+        reason = next((None for c in untrained if (macs := _dense_macs(c, cfg, num_classes, input_size)) is not None
+                       and refusal(macs) is None),
                       refusal(10**18) if untrained else "every architecture of the space has its base")
     if reason is None or not first:
         return None, None
@@ -67,13 +69,17 @@ def fixed_architecture(study: optuna.Study, loaded, num_classes: int,
     return {n: params[n] for n in names if n in params}, reason.replace("its architecture has no base, and ", "")
 
 
-_MACS: dict[str, int] = {}
+_MACS: dict[str, int | None] = {}
 
 
-def _dense_macs(values: dict, cfg, num_classes: int, input_size: tuple[int, ...]) -> int:
-    """The dense MACs of the architecture ``values`` (measured once per process)."""
+def _dense_macs(values: dict, cfg, num_classes: int, input_size: tuple[int, ...]) -> int | None:
+    """The dense MACs of the architecture ``values`` (measured once per process); None for a combination that can
+    never build (groups that do not divide a layer's channels): it will never need a base."""
     key = json.dumps([values, num_classes, list(input_size), cfg.train.tta_flip], sort_keys=True, default=str)
     if key not in _MACS:
-        candidate = candidate_from(values, cfg.train, cfg.candidate_compress_at)
-        _MACS[key] = measure(candidate.build(num_classes), input_size).macs
+        try:
+            candidate = candidate_from(values, cfg.train, cfg.candidate_compress_at)
+            _MACS[key] = measure(candidate.build(num_classes), input_size).macs
+        except ConfigError:
+            _MACS[key] = None
     return _MACS[key]
