@@ -370,6 +370,7 @@ def test_an_architecture_that_can_never_build_needs_no_base():
     from search.study import draw
 
     config = StudyConfig(name="s", base=BaseConfig())
-    # DenseNet's pointwise convs have 9 or 36 channels at growth 12 and bottleneck: groups 4 divides neither
-    assert draw._dense_macs({"arch": "densenet", "groups": 4, "growth_rate": 12}, config, 10, (3, 32, 32)) is None
+    # DenseNet at growth 12 and width 0.25 has convs of 9 channels: groups 4 cannot divide them
+    assert draw._dense_macs({"arch": "densenet", "groups": 4, "growth_rate": 12, "width": 0.25}, config, 10,
+                            (3, 32, 32)) is None
     assert draw._dense_macs({"arch": "resnet20", "width": 0.25, "groups": 1}, config, 10, (3, 32, 32)) > 0
