@@ -113,6 +113,56 @@ def test_a_torn_or_foreign_base_is_trained_again(tmp_path):
     assert store.load("k2") is None
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_worker_asking_while_another_trains_waits_on_the_study_lock_and_loads(backend, request, tmp_path):
+    """Two workers (threads, each with its own store and lock objects, as two processes have) ask for one base.
+    The first is held inside its training until the second is at the lock, and gives the second 2 s to get past
+    it. On the study's shared lock the second cannot: it waits, then loads what the first stored. With one lock
+    per caller it gets in at once, finds no base and trains it again."""
+    from search.study.locks import study_lock
+
+    url = request.getfixturevalue("postgres") if backend == "postgresql" else f"sqlite:///{tmp_path / 'db.sqlite'}"
+    training, at_lock, past_lock = threading.Event(), threading.Event(), threading.Event()
+    trained, results = [], {}
+
+    class Watched:
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            at_lock.set()
+            self.lock.acquire()
+            past_lock.set()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    def worker(name):
+        lock_for = (lambda key: study_lock(url, f"s:base:{key}")) if name == "a" else \
+            (lambda key: Watched(study_lock(url, f"s:base:{key}")))
+        store = BaseStore(FileSystemArtifactStore(str(tmp_path)), lock_for)
+
+        def train():
+            trained.append(name)
+            training.set()
+            assert at_lock.wait(60), "the other worker never reached the lock"
+            past_lock.wait(2.0)  # a condition that must not happen while this worker holds the lock
+            return {"w": torch.arange(4.0), "by": name}
+
+        if name == "b":
+            assert training.wait(60)
+        results[name] = store.get_or_train("k", train)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert trained == ["a"]  # trained once, by the worker that came first
+    assert results["a"][1] is False and results["b"][1] is True
+    assert results["b"][0]["by"] == "a" and torch.equal(results["b"][0]["w"], torch.arange(4.0))
+
+
 @pytest.fixture(scope="module")
 def synthetic():
     return load_data(DataConfig(name="synthetic", synthetic_size=192))

@@ -245,12 +245,27 @@ def test_postgres_lock_excludes_a_second_holder(postgres):
         with second:
             got.set()
 
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres, poolclass=sqlalchemy.pool.NullPool)
+
+    def waiting_or_taken():  # the server's word that the second session waits: no guess at how long it takes
+        if got.is_set():
+            return "taken"
+        with engine.connect() as c:
+            waiting = c.execute(sqlalchemy.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())")).scalar()
+        return "waiting" if waiting else None
+
     t = threading.Thread(target=take)
     t.start()
-    assert not got.wait(1.0)  # blocked while the first holds it
+    assert wait_for(waiting_or_taken, 30, "the second holder to wait or take the lock") == "waiting"
+    assert not got.is_set()  # blocked while the first holds it
     first.release()
     assert got.wait(10.0)
     t.join()
+    engine.dispose()
 
 
 def bad(study_file, storage, tmp_path):

@@ -151,6 +151,29 @@ def test_a_front_of_latencies_from_different_hardware_is_refused():
     check_hardware(Objectives.parse(None), [a, b])  # no measured objective: nothing to mix
 
 
+def test_export_under_a_latency_cap_takes_the_most_accurate_member_that_meets_it():
+    """The cap excludes the front's most accurate member (2.0 ms): the pick is the most accurate one under it, so
+    a cap that was ignored would show."""
+    from search.export import select_trial
+    from search.export.errors import ExportError
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    objectives = Objectives.parse(["accuracy", "score", "latency"])
+    study.set_metric_names(objectives.metric_names)  # as a study file's objectives: list sets them
+    study.set_user_attr("micronet_objectives", objectives.to_list())
+    hw = {"latency_target": "onnxruntime CPU, 1 thread, batch 1", "latency_hardware": "CPU A",
+          "checkpoint_artifact_id": "x"}
+    for values in [(0.95, 0.50, 2.0), (0.90, 0.30, 1.2), (0.80, 0.10, 0.5), (0.70, 0.05, 0.9)]:
+        study.add_trial(create_trial(values=list(values), user_attrs=hw))
+    assert {t.number for t in study.best_trials} == {0, 1, 2, 3}
+    assert select_trial(study, max_latency_ms=3.0).number == 0  # no cap that binds: the most accurate
+    assert select_trial(study, max_latency_ms=1.5).number == 1  # 0 is too slow; 1 is the most accurate left
+    assert select_trial(study, max_latency_ms=1.0).number == 2  # 3 meets it too but is less accurate
+    assert select_trial(study, max_latency_ms=1.0, min_accuracy=0.6).number == 3  # with a floor: the lowest score
+    with pytest.raises(ExportError, match=r"latency 0.1 ms; the fastest takes 0.500 ms \(trial 2\)"):
+        select_trial(study, max_latency_ms=0.1)
+
+
 def test_a_stored_study_with_other_objectives_is_refused(tmp_path):
     from test_study import cli, db_snapshot, write_study
 
@@ -198,14 +221,19 @@ def test_a_three_objective_study_runs_end_to_end(tmp_path):
     html = (tmp_path / "front.html").read_text()
     assert "latency, ms per image" in html and "score (lower is better)" in html
 
-    slowest = max(r["latency_ms"] for r in front)
+    # the cap sits just under the most accurate member's latency when a faster member exists, so it excludes that
+    # member and an ignored cap would show (a test of the rule on a known front is above)
+    most_accurate = max(front, key=lambda r: (r["val_accuracy"], -r["trial"]))
+    faster = [r["latency_ms"] for r in front if r["latency_ms"] < most_accurate["latency_ms"]]
+    cap = (max(faster) + most_accurate["latency_ms"]) / 2 if faster else most_accurate["latency_ms"] * 1.01
     out = tmp_path / "export"
-    export = _cli("export", "--storage", db, "--study", "three", "--max-latency-ms", str(slowest * 1.01),
+    export = _cli("export", "--storage", db, "--study", "three", "--max-latency-ms", repr(cap),
                   "--out", str(out), "--verify")
     assert export.returncode == 0, export.stderr
     card = json.loads((out / "model_card.json").read_text())
-    best = max((r for r in front if r["latency_ms"] <= slowest * 1.01),
+    best = max((r for r in front if r["latency_ms"] <= cap),
                key=lambda r: (r["val_accuracy"], -r["trial"]))  # ties: the lower trial number, as export does
+    assert not faster or card["trial"] != most_accurate["trial"]
     assert card["trial"] == best["trial"]
     assert card["objectives"]["latency"] == pytest.approx(best["latency_ms"])
     assert card["latency"]["hardware"] == best["latency_hardware"]

@@ -124,13 +124,15 @@ def test_launch_local_runs_n_workers_on_one_sqlite_study(tmp_path):
 
 
 def test_launch_local_forwards_ctrl_c_and_the_study_goes_on_later(tmp_path):
-    # 60 epochs of 128 images: each trial runs for seconds with a resume checkpoint after every epoch, a window the
-    # poll below cannot miss even on a loaded machine (at 20 epochs a loaded run once finished the study unseen)
-    study = write_study(tmp_path, n_trials=6, epochs=60)
+    # 10,000 epochs of 128 images: a trial cannot end before the Ctrl-C below, so the moment it needs (a running
+    # trial with a resume checkpoint) is made to last, not hoped for (at 20 and 60 epochs a loaded run finished the
+    # study before the poll saw it, and the Ctrl-C found nothing to interrupt)
+    study = write_study(tmp_path, n_trials=6, epochs=10_000)
     p = launch(tmp_path, study, 2)
     storage = f"sqlite:///{tmp_path / 'launch.db'}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _running_with_checkpoint(tmp_path / "launch.db"):
+    deadline = time.monotonic() + 300
+    while not _running_with_checkpoint(tmp_path / "launch.db"):
+        assert time.monotonic() < deadline and p.poll() is None, "no trial started training"
         time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
