@@ -64,3 +64,51 @@ def test_gc_lists_then_removes_only_what_nothing_references(tmp_path):
     assert (tmp_path / "s.db").exists()  # a link is never followed
     gc(url, "--bases")
     assert not (folder / ("base-" + "2" * 20)).exists() and (folder / ("base-" + "1" * 20)).exists()
+
+
+def test_gc_removes_the_free_lock_files_of_stored_bases_and_with_logs_the_worker_logs(tmp_path, monkeypatch):
+    """Each base leaves a lock file next to a SQLite database. Once the base is stored, gc removes its file if
+    nobody holds the lock; a held one, the claim lock and a removed base's lock stay. --logs removes the studies'
+    worker logs, but not while a trial runs."""
+    from search.study.locks import study_lock
+
+    url, folder = make(tmp_path)
+    stored, orphan, missing = "1" * 20, "2" * 20, "3" * 20  # base-1 and base-2 are in the folder, base-3 is not
+    locks = {k: study_lock(url, f"s:base:{k}") for k in (stored, orphan, missing)}
+    for lock in locks.values():
+        with lock:  # a lock taken once leaves its file
+            pass
+    claim = study_lock(url, "s:claim")
+    with claim:
+        pass
+    logs = tmp_path / "studies" / "logs" / "s"
+    logs.mkdir(parents=True)
+    (logs / "worker-0.log").write_text("a worker's log")
+    monkeypatch.chdir(tmp_path)
+
+    held = study_lock(url, f"s:base:{orphan}")
+    held.acquire()  # another worker holds base-2's lock now
+    try:
+        dry = gc(url, "--dry-run", "--logs")
+        assert dry.returncode == 0, dry.stderr
+        listed = [line.split(" ", 2)[2] for line in dry.stdout.splitlines() if line.startswith("would remove")]
+        assert str(locks[stored].path) in listed and str(locks[orphan].path) in listed
+        assert str(locks[missing].path) not in listed and str(claim.path) not in listed
+        assert not [p for p in listed if p.endswith(".log")]  # trial 1 of s is running: its worker may be writing
+        assert all(lock.path.exists() for lock in locks.values())  # a dry run removes nothing
+        assert gc(url).returncode == 0
+        assert not locks[stored].path.exists()  # free, its base stored: nobody waits on it again
+        assert locks[orphan].path.exists()  # held: left alone
+        assert locks[missing].path.exists() and claim.path.exists()  # its base not stored; the claim lock
+    finally:
+        held.release()
+    assert gc(url).returncode == 0
+    assert not locks[orphan].path.exists()  # free now
+
+    study = optuna.load_study(study_name="s", storage=url)
+    (running,) = study.get_trials(states=(TrialState.RUNNING,))
+    study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+    assert gc(url).returncode == 0 and (logs / "worker-0.log").exists()  # only with --logs
+    done = gc(url, "--logs")
+    assert done.returncode == 0 and "1 worker log(s)" in done.stdout
+    assert not (logs / "worker-0.log").exists()

@@ -13,21 +13,28 @@ def add_parser(commands) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     p.add_argument("--bases", action="store_true",
                    help="also remove bases no trial of these studies names (bases are kept for later studies)")
+    p.add_argument("--logs", action="store_true",
+                   help="also remove the local workers' logs of these studies (studies/logs/<study>/ under the "
+                        "working directory), unless a trial is running")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from search import optuna_compat as compat
     from search.study.cleanup import plan, remove
-    from search.study.storage import load_existing_study
+    from search.study.storage import given_storage, load_existing_study
 
     study = load_existing_study(args.storage, args.study)
-    cleanup = plan(compat.storage_of(study), args.study, bases=args.bases)
+    cleanup = plan(compat.storage_of(study), args.study, bases=args.bases, url=given_storage(args.storage),
+                   logs=args.logs)
     verb = "would remove" if args.dry_run else "removed"
-    for path in cleanup.unreferenced:
+    for path in cleanup.files:
         print(f"{verb} {path}")
     size = cleanup.size
     freed = 0 if args.dry_run else remove(cleanup)
+    extra = "".join(f", {len(items)} {what}" for items, what in ((cleanup.locks, "lock file(s) of stored bases"),
+                                                                  (cleanup.logs, "worker log(s)")) if items)
     print(f"{cleanup.folder}: {len(cleanup.kept)} referenced artifact(s) kept (studies {', '.join(cleanup.studies)}); "
-          f"{len(cleanup.unreferenced)} unreferenced file(s), {(size if args.dry_run else freed) / 1e6:.1f} MB {verb}")
+          f"{len(cleanup.unreferenced)} unreferenced file(s){extra}, {(size if args.dry_run else freed) / 1e6:.1f} MB "
+          f"{verb}")
     return 0

@@ -164,14 +164,36 @@ class MySQLLock(_ServerLock):
         connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self._lock_name()})
 
 
+def lock_file(database: Path, name: str) -> Path:
+    """The file of lock ``name`` of the SQLite or journal file ``database``: hidden, next to it."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+    return database.parent / f".{database.name}.{digest}.lock"
+
+
 class FileLock(StudyLock):
     def __init__(self, path: Path, name: str):
         super().__init__(name)
         import filelock
 
-        digest = hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
-        self.path = path.parent / f".{path.name}.{digest}.lock"  # hidden, next to the database
+        self.path = lock_file(path, name)
         self.lock = filelock.FileLock(str(self.path))
+
+    def remove_if_free(self) -> bool:
+        """Remove the lock file if nobody holds the lock now (taken without waiting, removed while held); whether
+        it was removed. Only for a lock nobody will wait on again (``gc``: the lock of a base that is stored)."""
+        import filelock
+
+        if not self.path.exists():
+            return False
+        try:
+            self.lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            self.lock.release()
+        return True
 
     def _acquire(self) -> None:
         self.lock.acquire()
