@@ -14,10 +14,12 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from search.config import from_mapping
 from search.errors import ConfigError
 from search.study.final import FinalConfig, finalists, kendall_tau, load_stage, reserve_seconds
 from search.study.study_file import StudyConfig
 from search.training.bases import BaseConfig
+from search.trial.objectives import Objectives
 
 DIST = {"ps": FloatDistribution(0, 1)}
 
@@ -37,6 +39,7 @@ def study_of(points, **attrs):
     ({"members": 0}, "final members must be an integer >= 1, got 0"),
     ({"lr": 0}, r"final lr must be a number > 0 \(or null: the study's\), got 0"),
     ({"margin": -0.1}, "final margin must be a number >= 0, got -0.1"),
+    ({"bounds": (0.03, 0)}, r"final bounds must be a list of scores > 0 \(e.g. \[0.03, 0.01\]\), got \(0.03, 0\)"),
 ])
 def test_a_bad_final_option_is_refused_with_one_line(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -66,6 +69,20 @@ def test_finalists_span_the_front_extremes_first():
     assert len(chosen) == 3 and chosen == sorted(chosen)
     # the third is the most isolated in between: not 1 or 2, which crowd each other
     assert chosen[1] in (3, 4)
+
+
+def test_the_best_member_within_each_export_bound_is_a_finalist_before_the_spread():
+    # the front of the test above: by spread alone 3 finalists are 0, 5 and one of 3, 4; a user who exports at
+    # score 0.0025 wants member 2 (the most accurate within it), and at 0.03 member 5
+    front = [(0.50, 0.001), (0.55, 0.002), (0.56, 0.0021), (0.60, 0.004), (0.70, 0.01), (0.80, 0.03)]
+    study = study_of(front + [(0.40, 0.002), (0.5, 0.05)])
+    assert 2 not in [t.number for t in finalists(study, 3)]
+    assert [t.number for t in finalists(study, 3, bounds=(0.03, 0.0025))] == [0, 2, 5]  # then the front's low end
+    assert [t.number for t in finalists(study, 1, bounds=(0.03, 0.0025))] == [2]  # tightest bound first
+    assert [t.number for t in finalists(study, 2, bounds=(0.0005,))] == [0, 5]  # nothing within it: spread only
+    assert [t.number for t in finalists(study, 10, bounds=(0.0025,))] == [0, 1, 2, 3, 4, 5]
+    config = from_mapping(StudyConfig, {"name": "s", "final": {"epochs": 5, "bounds": [0.03, 0.01]}}, "s.yaml")
+    assert config.final.bounds == (0.03, 0.01)  # a YAML list
 
 
 def test_finalists_are_feasible_only():
@@ -163,7 +180,7 @@ def test_run_ends_with_the_final_front_and_the_reading_commands_use_it(tmp_path)
     assert report.startswith("# Study fin-final") and "## Search and final stage" in report
     assert "Kendall's τ between the finalists' search-stage and final validation accuracy" in report
     for t in finals:
-        assert f"| {t.number} | {t.user_attrs['search_trial']} | {t.values[0]:.4f} |" in report
+        assert f"| {t.number} | {t.user_attrs['search_trial']} | {Objectives.parse(None).accuracy(t):.4f} |" in report
     assert "Bases: 1 trained for this study" in cli("report", "--storage", url, "--study", "fin", "--stage", "search",
                                                     "--out", "-", "--format", "md").stdout
 
