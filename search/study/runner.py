@@ -118,7 +118,7 @@ def _run(loaded, study, on_epoch, on_trial, on_teacher_epoch, say, artifacts, th
     if cfg.final is None:
         return study
     with claim:  # the first worker to get here picks the finalists; the others find them queued
-        chosen = final_stage.finalists(study, cfg.final.members)
+        chosen = final_stage.finalists(study, cfg.final.members, cfg.final.bounds)
         if not chosen:
             say("final stage: the search front is empty (no complete trial above the accuracy floor): nothing to "
                 "fine-tune")
