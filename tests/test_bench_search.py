@@ -77,17 +77,20 @@ def test_bad_bench_arguments_are_one_line(tmp_path):
 
 
 def test_every_study_arm_writes_a_valid_study_file(tmp_path):
-    from search.bench.search import Plan, study_file
+    from search.bench.search import EXTRA_ARMS, Plan, study_file
     from search.study.study_file import load_study_file
 
     plan = Plan(seeds=(4,))
-    for arm in ARMS:
+    for arm in ARMS + EXTRA_ARMS:
         if arm.hand:
             continue
         cfg = load_study_file(study_file(plan, arm, 4, tmp_path, None)).config
         assert cfg.sampler.seed == 4 and cfg.timeout == plan.budget_s and cfg.n_trials is None
         assert cfg.storage.endswith(f"{arm.name}-s4.db") and cfg.artifacts.endswith(f"{arm.name}-s4")
-        assert cfg.sampler.name == {"today": "tpe", "new-default": "tpe", "random-final": "random"}[arm.name]
+        assert cfg.sampler.name == {"today": "tpe", "new-default": "tpe", "random-final": "random",
+                                    "one-long-base": "tpe"}[arm.name]
+        if arm.name == "one-long-base":  # the arm's base keys replace the study's, the others stay
+            assert cfg.base.epochs == 72 and cfg.base.max_bases == 1 and cfg.base.lr == 0.1
         if arm.name == "today":  # the dev study as it was: from scratch, no final stage
             assert cfg.base is None and cfg.final is None and cfg.train.epochs == 4 and cfg.reuse_bases
         else:

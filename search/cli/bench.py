@@ -35,7 +35,8 @@ def add_parser(commands) -> None:
     p.add_argument("--seeds", type=int, help="search, recipe: seeds per arm or recipe (default 3)")
     p.add_argument("--budget", type=float, help="search: seconds per run, its timeout (default 900)")
     p.add_argument("--parallel", type=int, help="search, recipe: runs at a time, one core each (default 2)")
-    p.add_argument("--arms", help="search: comma-separated arms to run (default: today,new-default,random-final,hand)")
+    p.add_argument("--arms", help="search: comma-separated arms to run (default: today,new-default,random-final,hand;"
+                                  " also one-long-base)")
     p.add_argument("--study", help="search: the study whose arms run (default studies/cifar10-dev.yaml); recipe: "
                                    "whose data and train config are used (default studies/cifar10-dev-scratch.yaml); "
                                    "stopper: the study both arms run (default "
@@ -147,10 +148,11 @@ def run_search(args) -> int:
     arms = bench.ARMS
     if args.arms:
         names = args.arms.split(",")
-        unknown = [n for n in names if n not in {a.name for a in bench.ARMS}]
+        known = bench.ARMS + bench.EXTRA_ARMS
+        unknown = [n for n in names if n not in {a.name for a in known}]
         if unknown:
-            raise ConfigError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(a.name for a in bench.ARMS)}")
-        arms = tuple(next(a for a in bench.ARMS if a.name == n) for n in dict.fromkeys(names))
+            raise ConfigError(f"unknown arm {unknown[0]!r}; the arms are {', '.join(a.name for a in known)}")
+        arms = tuple(next(a for a in known if a.name == n) for n in dict.fromkeys(names))
     for study in dict.fromkeys(a.study or plan.study for a in arms if not a.hand):
         loaded = load_study_file(study, data_path=args.data_path)  # a bad study file: one line, before any run
         if plan.quick_data is None:
