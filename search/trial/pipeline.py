@@ -48,7 +48,11 @@ ACCURACY_FLOOR = "accuracy_floor"
 class TrialPipeline:
     """The study's objective function: runs one trial through its steps and returns the values of the study's
     objectives (:mod:`search.trial.objectives`; validation accuracy and score by default) or raises
-    ``optuna.TrialPruned``."""
+    ``optuna.TrialPruned``.
+
+    Over 120 lines because it holds the whole trial in the order it runs: each step is one short method over the
+    pieces the worker shares between trials (data, teacher, stores, stopper, bases), tested one by one; the
+    decisions, the epoch bookkeeping and the stores are in their own modules."""
 
     def __init__(self, loaded: LoadedStudy, data: Splits, teacher: torch.nn.Module | None,
                  artifact_store, stopper: EarlyStopper, on_epoch=None, on_start=None, worker: str | None = None,
