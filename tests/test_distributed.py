@@ -347,22 +347,38 @@ def test_four_workers_never_draw_the_same_candidate(postgres, tmp_path):
 
 
 def test_a_candidate_drawn_by_two_workers_at_once_is_trained_once(postgres, tmp_path):
-    # a one-point space: every draw is the same candidate, and 3 workers start on it together
+    """A one-point space: every draw is the same candidate. Worker A is held (SIGSTOP) while it trains trial 0, so
+    the moment is made, not hoped for: workers B and C start and draw that candidate while it is still running,
+    and must refuse it as a twin instead of training it a second time."""
     one = (SPACE.replace("groups: {choices: [1, 2]}", "groups: {choices: [1]}")
            .replace("ps: {low: 0.0, high: 0.5}", "ps: {value: 0.0}")
            .replace("qw: {choices: [8, 32]}", "qw: {choices: [8]}")
            .replace("lr: {low: 0.02, high: 0.1, log: true}", "lr: {value: 0.05}"))
-    study_file = write_study(tmp_path, n_trials=5, epochs=3, size=256, space=one)
-    procs = [start_worker(study_file, postgres, tmp_path) for _ in range(3)]
-    outputs = finish(procs)
-    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    study_file = write_study(tmp_path, n_trials=5, epochs=3, size=256, space=one,
+                             heartbeat="{interval: 1, grace_period: 120}")  # A's held heartbeat is not a death
+    a = start_worker(study_file, postgres, tmp_path)
+    try:
+        (first,) = wait_for(lambda: [t for t in load(postgres).trials if t.state == TrialState.RUNNING
+                                     and t.intermediate_values], 120, "worker A training trial 0")
+        a.send_signal(signal.SIGSTOP)
+        others = [start_worker(study_file, postgres, tmp_path) for _ in range(2)]
+        wait_for(lambda: len([t for t in load(postgres).trials if t.state == TrialState.PRUNED]) == 4, 180,
+                 "workers B and C to draw the other 4 trials")
+        held = load(postgres).trials[first.number]
+        assert held.state == TrialState.RUNNING  # B and C drew them while trial 0 was still training
+    finally:
+        a.send_signal(signal.SIGCONT)
+    outputs = finish(others + [a])  # B and C wait for trial 0 to finish: the study needs its 5 trials
+    assert [p.returncode for p in others + [a]] == [0, 0, 0], outputs
     study = load(postgres)
     finished = assert_exactly(study, 5)
     trained = [t for t in finished if "epochs_run" in t.user_attrs]
-    assert len(trained) == 1, [(t.number, t.state.name, t.user_attrs.get("pruned_reason")) for t in finished]
+    assert [t.number for t in trained] == [first.number], \
+        [(t.number, t.state.name, t.user_attrs.get("pruned_reason")) for t in finished]
     assert trained[0].state == TrialState.COMPLETE
-    for t in finished:
-        if t is not trained[0]:
-            assert t.state == TrialState.PRUNED
-            assert t.user_attrs["pruned_reason"].startswith(f"same parameters as trial {trained[0].number}"), \
-                t.user_attrs["pruned_reason"]
+    refused = [t for t in finished if t.number != first.number]
+    assert len({t.user_attrs["worker"] for t in refused}) == 2  # both B and C drew it
+    for t in refused:
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["pruned_reason"].startswith(f"same parameters as trial {first.number}"), \
+            t.user_attrs["pruned_reason"]
