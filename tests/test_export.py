@@ -174,6 +174,23 @@ def test_select_trial_by_number_accuracy_and_knee():
         select_trial(study, trial=1, knee=True)
 
 
+def test_max_score_takes_the_most_accurate_member_within_it():
+    # front by score: (0.5, 0.1), (0.85, 0.3), (0.9, 0.6), (0.95, 1.0); trial 4 is dominated
+    study = synthetic([(0.5, 0.1), (0.85, 0.3), (0.9, 0.6), (0.95, 1.0), (0.6, 0.7)])
+    assert select_trial(study, max_score=0.7).number == 2  # not 4 (off the front), not 3 (score 1.0)
+    assert select_trial(study, max_score=0.3).number == 1  # the bound itself is allowed
+    assert select_trial(study, max_score=5.0).number == 3
+    assert select_trial(study, max_score=0.7, min_accuracy=0.8).number == 1  # with a floor: the lowest score
+    with pytest.raises(ExportError, match=r"has a score <= 0.05; the lowest is 0.1 \(trial 0\)"):
+        select_trial(study, max_score=0.05)
+    with pytest.raises(ExportError, match=r"both validation accuracy >= 0.9 and a score <= 0.5"):
+        select_trial(study, max_score=0.5, min_accuracy=0.9)
+    with pytest.raises(ExportError, match="--max-score is a score > 0"):
+        select_trial(study, max_score=0.0)
+    with pytest.raises(ExportError, match="exactly one"):
+        select_trial(study, max_score=0.5, knee=True)
+
+
 def test_knee_of_one_or_two_members_is_the_best_accuracy_per_score():
     assert select_trial(synthetic([(0.5, 0.1), (0.9, 1.0)]), knee=True).number == 0
     assert select_trial(synthetic([(0.1, 0.1), (0.9, 0.5)]), knee=True).number == 1

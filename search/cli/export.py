@@ -21,11 +21,14 @@ FORMAT_HELP = "comma-separated: torchscript, onnx, state_dict (default: all thre
 def add_parser(commands) -> None:
     p = commands.add_parser("export", help="export one trial's model with a model card", description=__doc__)
     add_common_arguments(p)
-    # one of --trial, --knee or the bounds (--min-accuracy, --max-latency-ms: one or both); select_trial checks
+    # one of --trial, --knee or the bounds (--min-accuracy, --max-score, --max-latency-ms); select_trial checks
     p.add_argument("--trial", type=int, metavar="N", help="this trial (complete, with a checkpoint)")
     p.add_argument("--min-accuracy", type=float, metavar="A",
                    help="the lowest-score front member with validation accuracy >= A (and latency <= "
                         "--max-latency-ms if given)")
+    p.add_argument("--max-score", type=float, metavar="S",
+                   help="the most accurate front member with score <= S (with --min-accuracy: the lowest-score one "
+                        "that has both)")
     p.add_argument("--max-latency-ms", type=float, metavar="L",
                    help="studies that measure latency: a front member with latency <= L ms (alone: the most "
                         "accurate such member)")
@@ -58,7 +61,8 @@ def run(args) -> int:
 
     return choose_and_export(
         args, lambda study: select_trial(study, trial=args.trial, min_accuracy=args.min_accuracy, knee=args.knee,
-                                         max_latency_ms=args.max_latency_ms, mixed_hardware=args.mixed_hardware),
+                                         max_latency_ms=args.max_latency_ms, mixed_hardware=args.mixed_hardware,
+                                         max_score=args.max_score),
         export_model, lambda trial: f"exported trial {trial.number} of {args.study}")
 
 

@@ -19,20 +19,21 @@ from search.trial.record import TrialRecord
 
 def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: float | None = None,
                  knee: bool = False, max_latency_ms: float | None = None,
-                 mixed_hardware: bool = False) -> FrozenTrial:
-    """The trial to export: exactly one of ``trial`` (a number), bounds (``min_accuracy``, ``max_latency_ms``, one
-    or both) or ``knee``.
+                 mixed_hardware: bool = False, max_score: float | None = None) -> FrozenTrial:
+    """The trial to export: exactly one of ``trial`` (a number), bounds (``min_accuracy``, ``max_score``,
+    ``max_latency_ms``, any of them together) or ``knee``.
 
     - ``trial``: that trial, which must be complete with a checkpoint (it need not be on the front);
     - ``min_accuracy``: the front member with the lowest first cost (the score) whose validation accuracy is at
-      least ``min_accuracy`` (and whose latency is at most ``max_latency_ms``, if given);
-    - ``max_latency_ms`` alone: the most accurate front member whose measured latency is at most that;
+      least ``min_accuracy`` (and within the other bounds, if given);
+    - ``max_score`` or ``max_latency_ms`` without ``min_accuracy``: the most accurate front member within them
+      (what a user who allows a score of 0.03 deploys);
     - ``knee``: the front's knee, see :func:`knee_trial`.
     """
-    bounds = min_accuracy is not None or max_latency_ms is not None
+    bounds = min_accuracy is not None or max_latency_ms is not None or max_score is not None
     if sum((trial is not None, bounds, bool(knee))) != 1:
         raise ExportError("choose the trial with exactly one of --trial N, --knee, or bounds (--min-accuracy A, "
-                          "--max-latency-ms L, or both)")
+                          "--max-score S, --max-latency-ms L, alone or together)")
     if trial is not None:
         return trial_with_checkpoint(study, trial)
     front = _front(study, mixed_hardware)
@@ -44,8 +45,12 @@ def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: fl
     if max_latency_ms is not None and objectives.get("latency") is None:
         raise ExportError(f"--max-latency-ms: study {study.study_name!r} does not measure latency (its objectives: "
                           f"{', '.join(objectives.names)}); add latency to the study file's objectives")
+    if max_score is not None and (objectives.get("score") is None or not max_score > 0):
+        raise ExportError(f"--max-score is a score > 0 and needs the score objective (study {study.study_name!r} "
+                          f"has {', '.join(objectives.names)}), got {max_score:g}")
     fits = [t for t in front  # sorted by the first cost, lowest first
             if (min_accuracy is None or objectives.accuracy(t) >= min_accuracy)
+            and (max_score is None or objectives.value(t, "score") <= max_score)
             and (max_latency_ms is None or objectives.value(t, "latency") <= max_latency_ms)]
     if fits:
         return fits[0] if min_accuracy is not None else max(fits, key=lambda t: (objectives.accuracy(t), -t.number))
@@ -53,6 +58,13 @@ def select_trial(study: optuna.Study, trial: int | None = None, min_accuracy: fl
         best = max(front, key=lambda t: (objectives.accuracy(t), -objectives.first_cost(t)))
         raise ExportError(f"no Pareto-front member of study {study.study_name!r} reaches validation accuracy "
                           f"{min_accuracy:g}; the best is {objectives.accuracy(best):.4f} (trial {best.number})")
+    if max_score is not None and not any(objectives.value(t, "score") <= max_score for t in front):
+        lowest = min(front, key=lambda t: (objectives.value(t, "score"), t.number))
+        raise ExportError(f"no Pareto-front member of study {study.study_name!r} has a score <= {max_score:g}; the "
+                          f"lowest is {objectives.value(lowest, 'score'):.4g} (trial {lowest.number})")
+    if max_latency_ms is None:
+        raise ExportError(f"no Pareto-front member of study {study.study_name!r} has both validation accuracy >= "
+                          f"{min_accuracy:g} and a score <= {max_score:g}")
     fastest = min(front, key=lambda t: objectives.value(t, "latency"))
     raise ExportError(f"no Pareto-front member of study {study.study_name!r} meets "
                       f"{'validation accuracy ' + format(min_accuracy, 'g') + ' and ' if min_accuracy else ''}"
