@@ -67,6 +67,11 @@ def test_the_targets_are_read_from_the_medians_and_a_miss_says_so():
     records[-1]["held_out"]["any"] = 0.80
     lines = targets(summarize(records, ARMS))
     assert "**not met** (-10.0 points)" in lines[0]
+    # arms left out of a run are said to be left out, never counted as met or missed
+    partial = [r for r in records if r["arm"] in ("new-default", "hand")]
+    lines = targets(summarize(partial, ARMS))
+    assert "today not run in this benchmark" in lines[1]
+    assert "neither run in this benchmark" in lines[2] and "**met**" not in lines[2]
 
 
 def test_bad_bench_arguments_are_one_line(tmp_path):
