@@ -237,10 +237,30 @@ def trials_of(url, name):
         return []
 
 
+def postgres_waits_on(url: str, name: str) -> bool:
+    """Whether a session waits for study lock ``name`` now, as PostgreSQL's pg_locks tells it. (The SQLite lock
+    file has no such witness: filelock polls a non-blocking flock, so the kernel lists no waiter.)"""
+    import sqlalchemy
+
+    from search.study.locks import advisory_key
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    key = advisory_key(name) & 0xFFFFFFFFFFFFFFFF  # a bigint key is split into classid (high) and objid (low)
+    with engine.connect() as c:
+        n = c.execute(sqlalchemy.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid = :hi "
+            "AND objid = :lo"), {"hi": key >> 32, "lo": key & 0xFFFFFFFF}).scalar()
+    engine.dispose()
+    return n > 0
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_two_workers_train_a_base_once_the_second_waits_on_the_shared_lock(backend, request, tmp_path):
     """Worker A is stopped (SIGSTOP) while it trains the base, holding the base's lock; worker B starts, needs the
-    same base and must wait on that lock (one lock both see, not one each) until A goes on and stores the base."""
+    same base and must wait on that lock (one lock both see, not one each) until A goes on and stores the base.
+    A goes on only once B has asked for the base (its trial records the key first) and, on PostgreSQL, once the
+    server lists B's session as waiting for the lock; A still has nearly all of its 40 epochs to train then, so a
+    B with a lock of its own would train the base itself long before A stores it."""
     url = request.getfixturevalue("postgres") if backend == "postgresql" else f"sqlite:///{tmp_path / 'par.db'}"
     (tmp_path / "space.yaml").write_text(PARALLEL_SPACE)
     path = tmp_path / "par.yaml"
@@ -283,8 +303,10 @@ n_trials: 3
                    and t.user_attrs.get("base_key")]:
             assert time.monotonic() < deadline and b.poll() is None, "worker B never asked for the base"
             time.sleep(0.05)
-        held = 2.0
-        time.sleep(held)  # B is at (or on its way to) the lock A holds
+        lock = f"par:base:{a_trial.user_attrs['base_key']}"
+        while backend == "postgresql" and not postgres_waits_on(url, lock):
+            assert time.monotonic() < deadline and b.poll() is None, "worker B never waited on the base's lock"
+            time.sleep(0.05)
         a.send_signal(signal.SIGCONT)
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
@@ -301,7 +323,7 @@ n_trials: 3
     assert [t.number for t in trials if t.user_attrs["base_reused"] is False] == [a_trial.number]
     (b_first,) = [t for t in trials if t.user_attrs.get("base_wait_s") is not None]
     assert b_first.user_attrs["worker"] != a_trial.user_attrs["worker"]
-    assert b_first.user_attrs["base_wait_s"] >= held  # it waited on A's lock, then loaded A's base
+    assert b_first.user_attrs["base_wait_s"] > 0  # it waited on A's lock (seen above), then loaded A's base
     assert len(list((tmp_path / "artifacts").glob("base-*"))) == 1
 
 

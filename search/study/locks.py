@@ -62,7 +62,7 @@ class StudyLock(ABC):
         self.release()
 
 
-def _key(name: str) -> int:
+def advisory_key(name: str) -> int:
     """A signed 64-bit key for ``pg_advisory_lock``."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -139,12 +139,12 @@ class PostgresLock(_ServerLock):
         from sqlalchemy import text
 
         self.connection = self._connect()
-        self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _key(self.name)})
+        self.connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": advisory_key(self.name)})
 
     def _unlock(self, connection) -> None:
         from sqlalchemy import text
 
-        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _key(self.name)})
+        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": advisory_key(self.name)})
 
 
 class MySQLLock(_ServerLock):
