@@ -107,8 +107,12 @@ n_trials: {n_trials}
 def launch(tmp_path, study, n):
     env = {k: v for k, v in os.environ.items() if k not in ("MICRONET_STORAGE", "MICRONET_THREADS")}
     env["LOG_DIR"] = str(tmp_path / "logs")
+    # SIGINT as a terminal gives it: a test suite started in the background of a non-interactive shell ignores
+    # SIGINT, its children inherit that, and bash cannot trap a signal ignored at its start (the Ctrl-C test then
+    # saw nothing happen: the study went on, or had finished, instead of stopping with 130)
     return subprocess.Popen([str(ROOT / "scripts" / "launch_local.sh"), str(study), str(n)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_launch_local_runs_n_workers_on_one_sqlite_study(tmp_path):
@@ -130,12 +134,17 @@ def test_launch_local_forwards_ctrl_c_and_the_study_goes_on_later(tmp_path):
     study = write_study(tmp_path, n_trials=6, epochs=10_000)
     p = launch(tmp_path, study, 2)
     storage = f"sqlite:///{tmp_path / 'launch.db'}"
-    deadline = time.monotonic() + 300
-    while not _running_with_checkpoint(tmp_path / "launch.db"):
-        assert time.monotonic() < deadline and p.poll() is None, "no trial started training"
-        time.sleep(0.3)
-    p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not _running_with_checkpoint(tmp_path / "launch.db"):
+            assert time.monotonic() < deadline and p.poll() is None, "no trial started training"
+            time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:  # the workers run in sessions of their own: stop them through the script
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=120)
     assert p.returncode == 130, out
     assert "run the same command again" in out
     trials = optuna.load_study(study_name="launch", storage=storage).trials
