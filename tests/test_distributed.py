@@ -377,7 +377,8 @@ def test_a_candidate_drawn_by_two_workers_at_once_is_trained_once(postgres, tmp_
         [(t.number, t.state.name, t.user_attrs.get("pruned_reason")) for t in finished]
     assert trained[0].state == TrialState.COMPLETE
     refused = [t for t in finished if t.number != first.number]
-    assert len({t.user_attrs["worker"] for t in refused}) == 2  # both B and C drew it
+    # drawn by B or C (whichever started first; a loaded machine may let one draw all four) while A was held
+    assert trained[0].user_attrs["worker"] not in {t.user_attrs["worker"] for t in refused}
     for t in refused:
         assert t.state == TrialState.PRUNED
         assert t.user_attrs["pruned_reason"].startswith(f"same parameters as trial {first.number}"), \
