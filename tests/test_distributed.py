@@ -354,12 +354,14 @@ def test_a_candidate_drawn_by_two_workers_at_once_is_trained_once(postgres, tmp_
            .replace("ps: {low: 0.0, high: 0.5}", "ps: {value: 0.0}")
            .replace("qw: {choices: [8, 32]}", "qw: {choices: [8]}")
            .replace("lr: {low: 0.02, high: 0.1, log: true}", "lr: {value: 0.05}"))
-    study_file = write_study(tmp_path, n_trials=5, epochs=3, size=256, space=one,
+    # 4,096 images: trial 0 trains for seconds, not the half second 256 gave (CI's poll missed that window once)
+    study_file = write_study(tmp_path, n_trials=5, epochs=3, size=4096, space=one,
                              heartbeat="{interval: 1, grace_period: 120}")  # A's held heartbeat is not a death
     a = start_worker(study_file, postgres, tmp_path)
     try:
+        # its candidate is recorded after its own twin check, before training: A is held from there to its end
         (first,) = wait_for(lambda: [t for t in load(postgres).trials if t.state == TrialState.RUNNING
-                                     and t.intermediate_values], 120, "worker A training trial 0")
+                                     and "candidate" in t.user_attrs], 120, "worker A training trial 0")
         a.send_signal(signal.SIGSTOP)
         others = [start_worker(study_file, postgres, tmp_path) for _ in range(2)]
         wait_for(lambda: len([t for t in load(postgres).trials if t.state == TrialState.PRUNED]) == 4, 180,
