@@ -172,7 +172,8 @@ def test_a_killed_worker_s_trial_is_retried_from_its_checkpoint(postgres, tmp_pa
 
 
 def test_stop_all_workers_and_start_again(postgres, tmp_path):
-    study_file = write_study(tmp_path, n_trials=6, epochs=4, size=256)
+    # 1,024 images: an epoch takes about a second, so a trial seen at epoch 1 or 2 cannot finish before the Ctrl-C
+    study_file = write_study(tmp_path, n_trials=6, epochs=4, size=1024)
     env = env_for(postgres, tmp_path)
     cmd = [sys.executable, "-m", "search", "run", str(study_file), "--workers", "2"]
     run = spawn(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
